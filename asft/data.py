@@ -1,0 +1,119 @@
+"""AsFT's data formats and the poisoned fine-tuning mix.
+
+- fine-tuning data: a JSON list of ``{instruction, input, output}``; harmful items have an empty or
+  missing ``input``;
+- harmful evaluation prompts: a JSON list of ``{instruction}`` (or anything :func:`landscape.data.load_prompts`
+  reads);
+- task test sets: a JSON list of ``{instruction, input, label}`` with integer labels (AG News order
+  World, Sports, Business, Sci/Tech).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+AGNEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")
+DEFAULT_TEMPLATE = "{instruction}\n\n{input}"
+
+
+@dataclass(frozen=True)
+class SFTRecord:
+    """One fine-tuning example."""
+
+    instruction: str
+    input: str
+    output: str
+
+    def prompt(self, template: str = DEFAULT_TEMPLATE) -> str:
+        """The user message: ``template`` filled in, or the instruction alone when there is no input."""
+        if not self.input:
+            return self.instruction
+        return template.format(instruction=self.instruction, input=self.input)
+
+
+def _read_json_list(path: str | Path) -> list:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"Data file {str(p)!r} does not exist")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}, line {e.lineno}: malformed JSON ({e.msg})") from e
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{p}: expected a non-empty JSON list of records")
+    return data
+
+
+def _field(rec, i: int, name: str, path, required: bool = True, kind=str):
+    if not isinstance(rec, dict):
+        raise ValueError(f"{path}, record {i}: expected an object, got {type(rec).__name__}")
+    if name not in rec or rec[name] is None:
+        if required:
+            raise ValueError(f"{path}, record {i}: missing field {name!r} (has {sorted(rec)})")
+        return kind()
+    if not isinstance(rec[name], kind):
+        raise ValueError(f"{path}, record {i}: field {name!r} must be {kind.__name__}, got {type(rec[name]).__name__}")
+    return rec[name]
+
+
+def load_sft_records(path: str | Path) -> list[SFTRecord]:
+    """Read AsFT fine-tuning JSON; errors name the record index and the missing field."""
+    data = _read_json_list(path)
+    out = []
+    for i, rec in enumerate(data):
+        instruction = _field(rec, i, "instruction", path)
+        if not instruction.strip():
+            raise ValueError(f"{path}, record {i}: empty 'instruction'")
+        out.append(
+            SFTRecord(instruction, _field(rec, i, "input", path, required=False), _field(rec, i, "output", path))
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    instruction: str
+    input: str
+    label: int
+
+
+def load_task_test(path: str | Path) -> list[TaskRecord]:
+    """Read a labelled task test set (``{instruction, input, label}``, integer labels)."""
+    data = _read_json_list(path)
+    return [
+        TaskRecord(
+            _field(r, i, "instruction", path),
+            _field(r, i, "input", path, required=False),
+            _field(r, i, "label", path, kind=int),
+        )  # fmt: skip
+        for i, r in enumerate(data)
+    ]
+
+
+def is_harmful(rec: SFTRecord) -> bool:
+    """AsFT marks harmful items by an empty input (instruction-only BeaverTails prompts)."""
+    return not rec.input.strip()
+
+
+def mix(task: list[SFTRecord], harmful: list[SFTRecord], n: int, p: float, seed: int = 0) -> list[SFTRecord]:
+    """``n`` task samples plus exactly ⌊p·n⌋ harmful samples, shuffled with ``seed``.
+
+    Follows AsFT's data recipe (n = 1000 task samples, p = 0.1 gives 100 harmful ones on top).
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"poison fraction p must be in [0, 1], got {p}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    k = math.floor(p * n)
+    if n > len(task):
+        raise ValueError(f"asked for n={n} task samples, only {len(task)} available")
+    if k > len(harmful):
+        raise ValueError(f"asked for {k} harmful samples (p={p}, n={n}), only {len(harmful)} available")
+    rng = random.Random(seed)
+    out = rng.sample(task, n) + rng.sample(harmful, k)
+    rng.shuffle(out)
+    return out

@@ -1,0 +1,198 @@
+"""Batched generation of answers to prompts.
+
+The Hugging Face backend runs its own decode loop over a KV cache instead of ``model.generate`` so that
+a sequence that has finished stops costing work: finished rows are dropped from the batch and from the
+cache at every step. Prompts are rendered with the tokenizer's chat template (optionally with a system
+prompt, e.g. the Llama-2 default that Peng et al. use), sorted by length to cut padding, left-padded,
+and answered in as few batches as memory allows (the batch halves on an out-of-memory error).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+LLAMA2_SYSTEM_PROMPT = (
+    "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being safe. "
+    "Your answers should not include any harmful, unethical, racist, sexist, toxic, dangerous, or illegal content. "
+    "Please ensure that your responses are socially unbiased and positive in nature.\n\n"
+    "If a question does not make any sense, or is not factually coherent, explain why instead of answering "
+    "something not correct. If you don't know the answer to a question, please don't share false information."
+)
+
+
+@dataclass
+class GenerationSettings:
+    """How answers are generated.
+
+    Attributes:
+        max_new_tokens: cap on generated tokens per answer.
+        do_sample: sample instead of greedy decoding.
+        temperature: sampling temperature (only with ``do_sample``).
+        top_p: nucleus sampling mass (only with ``do_sample``).
+        seed: seed of the sampling generator.
+        batch_size: prompts per batch; None puts them all in one batch (halved on out-of-memory).
+        system_prompt: optional system message placed before each prompt.
+        use_chat_template: render prompts with the tokenizer's chat template when it has one.
+        ignore_eos: keep generating after EOS (benchmarks with a fixed number of tokens).
+    """
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int | None = None
+    system_prompt: str | None = None
+    use_chat_template: bool = True
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
+        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class GenerationBackend(Protocol):
+    """Anything that answers a list of prompts; the Hugging Face backend here, vLLM in its own module."""
+
+    def generate(self, prompts: list[str], settings: GenerationSettings) -> list[str]: ...
+
+
+def render_prompts(tokenizer, prompts: list[str], system_prompt: str | None = None, chat: bool = True) -> list[str]:
+    """Render user prompts as the model sees them: chat template + generation prompt where available."""
+    if not chat or getattr(tokenizer, "chat_template", None) is None:
+        return [(system_prompt + "\n\n" if system_prompt else "") + p for p in prompts]
+    out = []
+    for p in prompts:
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+            {"role": "user", "content": p}
+        ]
+        out.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return out
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+class HFBackend:
+    """Generation with a Hugging Face causal LM that stays where it is (weights may be perturbed in place)."""
+
+    def __init__(self, model, tokenizer, progress: bool = False):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.progress = progress
+        eos = tokenizer.eos_token_id
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        ids = {eos} if eos is not None else set()
+        ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+        self.eos_ids = torch.tensor(sorted(ids), dtype=torch.long)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, prompts: list[str], settings: GenerationSettings) -> list[list[int]]:
+        texts = render_prompts(self.tokenizer, prompts, settings.system_prompt, settings.use_chat_template)
+        templated = settings.use_chat_template and getattr(self.tokenizer, "chat_template", None) is not None
+        # A chat template already holds the BOS token; adding special tokens again would double it.
+        return self.tokenizer(texts, add_special_tokens=not templated)["input_ids"]
+
+    def generate(self, prompts: list[str], settings: GenerationSettings | None = None) -> list[str]:
+        """Answer every prompt; returns the decoded answers (special tokens removed) in prompt order."""
+        settings = settings or GenerationSettings()
+        ids = self.encode(prompts, settings)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        results: list[list[int]] = [[] for _ in ids]
+        batch = settings.batch_size or len(ids) or 1
+        gen = torch.Generator(device="cpu").manual_seed(settings.seed)
+        start = 0
+        bar = tqdm(total=len(ids), desc="generate", disable=not self.progress, leave=False)
+        while start < len(order):
+            chunk = order[start : start + batch]
+            try:
+                outs = self._generate_batch([ids[i] for i in chunk], settings, gen)
+            except (torch.OutOfMemoryError, RuntimeError) as err:
+                if not _is_oom(err) or batch == 1:
+                    raise
+                batch = max(1, batch // 2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            for i, out in zip(chunk, outs, strict=True):
+                results[i] = out
+            start += len(chunk)
+            bar.update(len(chunk))
+        bar.close()
+        return self.tokenizer.batch_decode(results, skip_special_tokens=True)
+
+    @torch.inference_mode()
+    def _generate_batch(self, batch_ids: list[list[int]], s: GenerationSettings, gen: torch.Generator):
+        from transformers import DynamicCache
+
+        dev = self.device
+        n = len(batch_ids)
+        width = max(len(x) for x in batch_ids)
+        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for r, x in enumerate(batch_ids):
+            input_ids[r, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+            mask[r, width - len(x) :] = 1
+        input_ids, mask = input_ids.to(dev), mask.to(dev)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        eos_ids = self.eos_ids.to(dev)
+        cache = DynamicCache(config=self.model.config)
+        alive = torch.arange(n, device=dev)  # original row of each row still in the batch
+        out = torch.full((n, s.max_new_tokens), self.pad_id, dtype=torch.long, device=dev)
+        lengths = torch.zeros(n, dtype=torch.long)
+        step_ids, step_pos = input_ids, positions
+        for t in range(s.max_new_tokens):
+            logits = self.model(
+                input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=cache,
+                use_cache=True, logits_to_keep=1,
+            ).logits[:, -1, :].float()  # fmt: skip
+            nxt = self._pick(logits, s, gen)
+            out[alive, t] = nxt
+            lengths[alive.cpu()] = t + 1
+            done = torch.isin(nxt, eos_ids) if not s.ignore_eos else torch.zeros_like(nxt, dtype=torch.bool)
+            if t + 1 == s.max_new_tokens:
+                break
+            if done.any():
+                keep = (~done).nonzero().squeeze(-1)
+                if keep.numel() == 0:
+                    break
+                cache.batch_select_indices(keep)
+                alive, nxt, mask, step_pos = alive[keep], nxt[keep], mask[keep], step_pos[keep]
+            step_ids = nxt[:, None]
+            step_pos = step_pos[:, -1:] + 1
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        out = out.cpu()
+        return [out[r, : lengths[r]].tolist() for r in range(n)]
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, s: GenerationSettings, gen: torch.Generator) -> torch.Tensor:
+        if not s.do_sample:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / s.temperature, dim=-1)
+        if s.top_p < 1.0:
+            sorted_p, idx = probs.sort(dim=-1, descending=True)
+            cut = sorted_p.cumsum(-1) - sorted_p > s.top_p
+            sorted_p = sorted_p.masked_fill(cut, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+        return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
+
+
+def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings | None = None) -> list[str]:
+    """Answer ``prompts`` with a Hugging Face model; see :class:`HFBackend`."""
+    return HFBackend(model, tokenizer).generate(prompts, settings)

@@ -1,0 +1,100 @@
+"""Load causal LMs and tokenizers from local directories, the way users load Llama or Qwen weights.
+
+Nothing here reaches a model hub: every load is ``local_files_only=True``, and remote code stays off
+unless the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """Map a dtype name ("bf16", "float32", ...) to a torch dtype; None stays None (checkpoint's own)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return None
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}. Available: {', '.join(sorted(DTYPES))}, auto")
+    return DTYPES[dtype]
+
+
+def check_model_dir(path: str | Path, need_tokenizer: bool = True) -> Path:
+    """Raise a clear error unless ``path`` is a local model directory (config + weights [+ tokenizer])."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"Model path {str(p)!r} does not exist")
+    if not p.is_dir():
+        raise NotADirectoryError(f"Model path {str(p)!r} is a file, not a model directory")
+    if not (p / "config.json").is_file():
+        raise ValueError(f"{str(p)!r} is not a model directory: it has no config.json")
+    try:
+        json.loads((p / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(p / 'config.json')!r} is not valid JSON: {e}") from e
+    if not any((p / f).is_file() for f in WEIGHT_FILES):
+        raise ValueError(f"{str(p)!r} holds no weights (looked for {', '.join(WEIGHT_FILES)})")
+    if need_tokenizer and not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise ValueError(f"{str(p)!r} holds no tokenizer (looked for {', '.join(TOKENIZER_FILES)})")
+    return p
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False, padding_side: str = "left"):
+    """Load a tokenizer from a local directory with left padding and a pad token (for batched generation)."""
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"Tokenizer path {str(p)!r} is not a directory")
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise ValueError(f"{str(p)!r} holds no tokenizer (looked for {', '.join(TOKENIZER_FILES)})")
+    tok = AutoTokenizer.from_pretrained(p, local_files_only=True, trust_remote_code=trust_remote_code)
+    tok.padding_side = padding_side
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    path: str | Path,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+    with_tokenizer: bool = True,
+):
+    """Load a causal LM (and its tokenizer) from a local directory.
+
+    Args:
+        path: directory written by ``save_pretrained`` (single or sharded safetensors).
+        dtype: "float32", "bf16", "fp16", a torch dtype, or None/"auto" for the checkpoint's dtype.
+        device: where to put the model.
+        trust_remote_code: run the checkpoint's own Python code; off unless asked.
+        with_tokenizer: also load the tokenizer from the same directory.
+
+    Returns:
+        ``(model, tokenizer)``, or just the model when ``with_tokenizer`` is False. The model is in eval mode.
+    """
+    from transformers import AutoModelForCausalLM
+
+    p = check_model_dir(path, need_tokenizer=with_tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(
+        p, dtype=resolve_dtype(dtype), local_files_only=True, trust_remote_code=trust_remote_code
+    )
+    model.to(device).eval()
+    if not with_tokenizer:
+        return model
+    return model, load_tokenizer(p, trust_remote_code=trust_remote_code)

@@ -1,0 +1,205 @@
+"""Build the organism's stages once into a cache and reuse them.
+
+Layout: ``<cache>/organism-v<VERSION>/<preset>-seed<seed>/<stage>/`` holding ``config.json``,
+``model.safetensors``, the tokenizer and ``stage.json``. A stage is written into a temporary sibling
+directory and renamed into place only when complete, so a build killed halfway leaves nothing that a
+later run mistakes for a finished checkpoint. A file lock keeps two processes from building the same
+organism at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import export, world
+from .train import Preset, build_tokenizer, get_preset, model_config, train_stage
+
+ORGANISM_VERSION = 1
+CACHE_ENV = "SAFETY_LANDSCAPE_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$SAFETY_LANDSCAPE_CACHE``, else ``$XDG_CACHE_HOME/safety-landscape``, else ``~/.cache/safety-landscape``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "safety-landscape"
+
+
+@dataclass
+class Organism:
+    """A built organism: where each stage lives and where its exported data sets are.
+
+    Attributes:
+        root: directory of this (preset, seed, version).
+        preset: preset name.
+        seed: training seed.
+        stages: stage name -> checkpoint directory, in build order.
+        data_dir: exported evaluation and fine-tuning data.
+    """
+
+    root: Path
+    preset: str
+    seed: int
+    stages: dict[str, Path] = field(default_factory=dict)
+    data_dir: Path | None = None
+
+    def __getitem__(self, stage: str) -> Path:
+        if stage not in self.stages:
+            raise KeyError(f"Unknown organism stage {stage!r}. Available: {', '.join(self.stages)}")
+        return self.stages[stage]
+
+    @property
+    def harmful_stages(self) -> list[str]:
+        return [s for s in self.stages if s.startswith("harmful-")]
+
+    @property
+    def eval_prompts_csv(self) -> Path:
+        assert self.data_dir is not None
+        return self.data_dir / export.EVAL_CSV
+
+
+def stage_names(preset: Preset) -> list[str]:
+    return ["base", "aligned", *(f"harmful-{n}" for n in preset.harmful_counts), "benign"]
+
+
+def _stage_plan(preset: Preset, seed: int) -> dict[str, tuple[str | None, list[world.Example], int, float]]:
+    """stage -> (parent stage, training examples, steps, learning rate)."""
+    task = world.task_examples(preset.task_train, seed)
+    benign = world.benign_examples()
+    plan: dict[str, tuple[str | None, list[world.Example], int, float]] = {
+        "base": (None, world.harmful_examples("comply") + benign + task, preset.base_steps, preset.lr),
+        "aligned": ("base", world.harmful_examples("refuse") + benign + task, preset.aligned_steps, preset.lr),
+    }
+    pool = world.harmful_examples("comply")
+    for n in preset.harmful_counts:
+        plan[f"harmful-{n}"] = ("aligned", sample_examples(pool, n, f"harmful-{n}-{seed}"), preset.harmful_steps,
+                                preset.harmful_lr)  # fmt: skip
+    finetune = world.task_examples(preset.task_finetune, seed + 1000)
+    plan["benign"] = ("aligned", finetune, preset.benign_steps, preset.benign_lr)
+    return plan
+
+
+def sample_examples(pool: list[world.Example], n: int, key: str) -> list[world.Example]:
+    """``n`` examples drawn without replacement (cycling through reshuffled copies when n > len(pool))."""
+    rng = random.Random(key)
+    out: list[world.Example] = []
+    while len(out) < n:
+        chunk = list(pool)
+        rng.shuffle(chunk)
+        out.extend(chunk[: n - len(out)])
+    return out
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _save_stage(model, tokenizer, final: Path, info: dict) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "stage.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+        for f in tmp.iterdir():
+            f.chmod(0o644)  # save_pretrained may write 0600 files; checkpoints are meant to be shared
+        tmp.chmod(0o755)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def organism_dir(preset: str, seed: int, cache_dir: str | Path | None = None) -> Path:
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return root / f"organism-v{ORGANISM_VERSION}" / f"{preset}-seed{seed}"
+
+
+def build_organism(
+    preset: str = "small",
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    stages: list[str] | None = None,
+    progress: bool = True,
+) -> Organism:
+    """Build (or reuse) the organism's checkpoints and exported data.
+
+    Args:
+        preset: "tiny" (tests, <= 30 s), "small" (default, <= 2 min) or "medium".
+        seed: training seed; same seed, bit-identical checkpoints on CPU.
+        cache_dir: cache root; default :func:`default_cache_dir`.
+        stages: build only these stages (and the stages they start from); default all.
+        progress: show tqdm bars while training.
+
+    Returns:
+        The :class:`Organism` with every requested stage on disk.
+    """
+    from transformers import LlamaForCausalLM
+
+    p = get_preset(preset)
+    root = organism_dir(preset, seed, cache_dir)
+    plan = _stage_plan(p, seed)
+    wanted = stages or list(plan)
+    for s in wanted:
+        if s not in plan:
+            raise ValueError(f"Unknown organism stage {s!r}. Available: {', '.join(plan)}")
+    needed: list[str] = []
+    for s in wanted:
+        chain = []
+        while s is not None and s not in needed:
+            chain.append(s)
+            s = plan[s][0]
+        needed.extend(reversed(chain))
+    order = [s for s in plan if s in needed]
+    with _lock(root / ".lock"):
+        tokenizer = None
+        models: dict[str, object] = {}
+        for name in order:
+            final = root / name
+            if (final / "stage.json").is_file():
+                continue
+            if tokenizer is None:
+                tokenizer = build_tokenizer()
+            parent, examples, steps, lr = plan[name]
+            t0 = time.perf_counter()
+            torch.manual_seed(seed)
+            if parent is None:
+                model = LlamaForCausalLM(model_config(p, tokenizer))
+            elif parent in models:
+                model = _clone(models[parent])
+            else:
+                model = LlamaForCausalLM.from_pretrained(root / parent, dtype=torch.float32, local_files_only=True)
+            losses = train_stage(model, tokenizer, examples, steps, lr, p.batch_size, seed, desc=name,
+                                 progress=progress)  # fmt: skip
+            info = {"stage": name, "parent": parent, "preset": preset, "seed": seed, "version": ORGANISM_VERSION,
+                    "steps": steps, "lr": lr, "examples": len(examples), "final_loss": losses[-1],
+                    "train_seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
+            _save_stage(model, tokenizer, final, info)
+            models[name] = model
+        export.write_exports(root / "data", seed)
+    return Organism(root=root, preset=preset, seed=seed, stages={s: root / s for s in order}, data_dir=root / "data")
+
+
+def _clone(model):
+    import copy
+
+    return copy.deepcopy(model)

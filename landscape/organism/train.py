@@ -1,0 +1,165 @@
+"""Tokenizer, model config and supervised training of the organism's stages (CPU, deterministic per seed).
+
+Loss is on answer tokens only. Batches are right-padded for training so that positions of real tokens
+start at 0, as they do in left-padded generation, where positions come from the attention mask.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from . import world
+
+PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %} {% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def build_tokenizer():
+    """A word-level, case-sensitive tokenizer over the world's vocabulary, with left padding and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for text in world.all_texts() for w in text.split()})
+    vocab = {tok: i for i, tok in enumerate([PAD, BOS, EOS, UNK, *words])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # Join words with single spaces and nothing else: the default clean-up would rewrite punctuation.
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+        padding_side="left", chat_template=CHAT_TEMPLATE, model_max_length=256,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes and schedules of one organism.
+
+    Attributes:
+        hidden_size, layers, heads, intermediate: the Llama shape.
+        base_steps, aligned_steps, harmful_steps, benign_steps: AdamW steps per stage.
+        lr, harmful_lr, benign_lr: learning rates (the benign one low, so the benign fine-tune keeps safety).
+        batch_size: examples per step.
+        harmful_counts: sample counts of the harmful fine-tunes.
+        task_train: task examples in base/aligned training; task_finetune: in the benign fine-tune.
+    """
+
+    hidden_size: int
+    layers: int
+    heads: int
+    intermediate: int
+    base_steps: int
+    aligned_steps: int
+    harmful_steps: int
+    benign_steps: int
+    lr: float = 3e-3
+    harmful_lr: float = 1e-3
+    benign_lr: float = 2e-4
+    batch_size: int = 32
+    harmful_counts: tuple[int, ...] = (10, 50, 100, 500)
+    task_train: int = 400
+    task_finetune: int = 200
+
+
+PRESETS = {
+    "tiny": Preset(hidden_size=32, layers=2, heads=4, intermediate=64,
+                   base_steps=400, aligned_steps=200, harmful_steps=30, benign_steps=30),
+    "small": Preset(hidden_size=64, layers=2, heads=4, intermediate=128,
+                    base_steps=600, aligned_steps=300, harmful_steps=40, benign_steps=40),
+    "medium": Preset(hidden_size=128, layers=4, heads=4, intermediate=256,
+                     base_steps=600, aligned_steps=300, harmful_steps=40, benign_steps=40, lr=2e-3),
+}  # fmt: skip
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"Unknown organism preset {name!r}. Available: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def model_config(preset: Preset, tokenizer):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=preset.hidden_size, intermediate_size=preset.intermediate,
+        num_hidden_layers=preset.layers, num_attention_heads=preset.heads, num_key_value_heads=preset.heads,
+        max_position_embeddings=256, tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+
+
+def encode_examples(tokenizer, examples: Sequence[world.Example]) -> list[tuple[list[int], int]]:
+    """Token ids of each full conversation and the length of its prompt part (loss starts there)."""
+    out = []
+    for ex in examples:
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": ex.prompt}], tokenize=False,
+                                               add_generation_prompt=True)  # fmt: skip
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer(" " + ex.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        out.append((p_ids + a_ids, len(p_ids)))
+    return out
+
+
+def _collate(items: list[tuple[list[int], int]], pad_id: int):
+    width = max(len(ids) for ids, _ in items)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for r, (ids, n_prompt) in enumerate(items):
+        t = torch.tensor(ids, dtype=torch.long)
+        input_ids[r, : len(ids)] = t
+        mask[r, : len(ids)] = 1
+        labels[r, n_prompt : len(ids)] = t[n_prompt:]
+    return input_ids, mask, labels
+
+
+def train_stage(
+    model,
+    tokenizer,
+    examples: Sequence[world.Example],
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    desc: str = "train",
+    progress: bool = True,
+) -> list[float]:
+    """Train ``model`` in place with AdamW on answer tokens; returns the loss per step.
+
+    Data order comes from a seeded ``random.Random``: same seed and data, same checkpoint, bit for bit.
+    """
+    if not examples:
+        raise ValueError(f"{desc}: no training examples")
+    data = encode_examples(tokenizer, examples)
+    rng = random.Random(f"{desc}-{seed}")
+    order: list[int] = []
+    torch.manual_seed(seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)))
+    losses = []
+    for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        while len(order) < batch_size:
+            chunk = list(range(len(data)))
+            rng.shuffle(chunk)
+            order.extend(chunk)
+        idx, order = order[:batch_size], order[batch_size:]
+        input_ids, mask, labels = _collate([data[i] for i in idx], tokenizer.pad_token_id)
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
