@@ -1,0 +1,222 @@
+"""Constructors: checkpoint differences (streamed), LoRA adapters, seeded random directions, interpolations."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+
+from ..tensors import DifferenceStore, TensorStore, open_store
+from .core import Direction, StreamHasher, new_meta, stream_map
+
+
+def _floating(store: TensorStore, names: list[str]) -> list[str]:
+    return [n for n in names if store.dtype(n).is_floating_point]
+
+
+def _check_finite(t: torch.Tensor, store: TensorStore, name: str) -> None:
+    if not torch.isfinite(t).all():
+        bad = "NaN" if torch.isnan(t).any() else "Inf"
+        where = store.file_of(name) if hasattr(store, "file_of") else store.origin
+        raise ValueError(f"{where}: tensor {name!r} contains {bad}")
+
+
+def difference(
+    start,
+    end,
+    out: str | Path | None = None,
+    names: list[str] | None = None,
+    kind: str = "difference",
+    name: str | None = None,
+    hash_sources: bool = True,
+    progress: bool = False,
+    lazy: bool = False,
+) -> Direction:
+    """d = θ_end − θ_start, streamed tensor by tensor (fp32).
+
+    Args:
+        start, end: checkpoint directories (single or sharded safetensors), state dicts, or models.
+        out: write the direction to this directory as it is computed (peak memory: one shard);
+            without it the direction is returned in memory.
+        names: restrict to these tensors (default: every floating-point tensor of ``start``).
+        kind: metadata kind ("difference", or "interpolation" for :func:`interpolation`).
+        name: a label such as "d_aligned".
+        hash_sources: record a content hash of both checkpoints (computed during the same pass).
+        lazy: compute each tensor only when it is read (no memory, no disk, no hashes): for one-off
+            geometry such as ``cosine(difference(a, b, lazy=True), a)`` on checkpoints too large to hold.
+
+    Raises:
+        KeyError / ValueError naming the file and tensor when keys, shapes or dtypes differ or a tensor
+        holds NaN/Inf. Nothing is written then.
+    """
+    a, b = open_store(start), open_store(end)
+    ka, kb = a.keys(), set(b.keys())
+    if names is None:
+        only_a = [n for n in ka if n not in kb]
+        only_b = sorted(kb - set(ka))
+        if only_a or only_b:
+            which = f"{b.origin} lacks {only_a[0]!r}" if only_a else f"{a.origin} lacks {only_b[0]!r}"
+            raise KeyError(f"checkpoints differ in their tensors: {which} ({len(only_a) + len(only_b)} names differ)")
+        names = sorted(_floating(a, ka))
+    else:
+        for s in (a, b):
+            have = set(s.keys())
+            for n in names:
+                if n not in have:
+                    raise KeyError(f"{s.origin}: no tensor {n!r}")
+        names = sorted(names)
+    for n in names:
+        if a.shape(n) != b.shape(n):
+            raise ValueError(
+                f"{b.origin}: tensor {n!r} has shape {list(b.shape(n))}, {a.origin} has {list(a.shape(n))}"
+            )
+        if a.dtype(n) != b.dtype(n):
+            raise ValueError(f"{b.origin}: tensor {n!r} has dtype {b.dtype(n)}, {a.origin} has {a.dtype(n)}")
+    if lazy:
+        meta = new_meta(kind, name=name, normalization="none", lazy=True,
+                        sources=[{"path": a.origin, "role": "start"}, {"path": b.origin, "role": "end"}])  # fmt: skip
+        return Direction(DifferenceStore(a, b, names, check=_check_finite), meta)
+    ha, hb = StreamHasher(), StreamHasher()
+
+    def one(n: str) -> torch.Tensor:
+        x, y = a.get(n), b.get(n)
+        _check_finite(x, a, n)
+        _check_finite(y, b, n)
+        if hash_sources:
+            ha.update(n, x)
+            hb.update(n, y)
+        return y.float() - x.float()
+
+    def finalize(meta: dict) -> dict:
+        if hash_sources:
+            meta["sources"][0]["sha256"] = ha.hexdigest()
+            meta["sources"][1]["sha256"] = hb.hexdigest()
+        return meta
+
+    meta = new_meta(kind, name=name, sources=[{"path": a.origin, "role": "start"}, {"path": b.origin, "role": "end"}],
+                    normalization="none")  # fmt: skip
+    return stream_map(names, one, meta, out=out, finalize=finalize, progress=progress)
+
+
+def interpolation(start, end, out: str | Path | None = None, name: str | None = None, **kw) -> Direction:
+    """θ_end − θ_start for scanning from ``start`` (α = 0) to ``end`` (α = 1); never renormalised."""
+    return difference(start, end, out=out, kind="interpolation", name=name, **kw)
+
+
+def _tensor_seed(name: str, seed: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def gaussian_tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """N(0, 1) tensor for parameter ``name``: drawn on the CPU from a generator seeded by (seed, name),
+    so a direction does not depend on the device or on the order tensors are visited in."""
+    g = torch.Generator(device="cpu").manual_seed(_tensor_seed(name, seed))
+    return torch.randn(shape, generator=g, dtype=torch.float32)
+
+
+def random_like(
+    reference,
+    seed: int,
+    out: str | Path | None = None,
+    names: list[str] | None = None,
+    name: str | None = None,
+) -> Direction:
+    """A seeded Gaussian direction shaped like ``reference`` (checkpoint, state dict or model).
+
+    Same seed, same direction, on any device. Usually followed by :func:`normalize` ("layer" as Peng et al.,
+    "filter" as Li et al.).
+    """
+    ref = open_store(reference)
+    names = sorted(names if names is not None else _floating(ref, ref.keys()))
+    meta = new_meta("random", name=name or f"random-{seed}", seed=seed, normalization="none",
+                    sources=[{"path": ref.origin, "role": "shape"}])  # fmt: skip
+    return stream_map(names, lambda n: gaussian_tensor(n, ref.shape(n), seed), meta, out=out)
+
+
+_LORA_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<part>A|B|embedding_A|embedding_B)(?:\.[^.]+)?(?:\.weight)?$"
+)
+
+
+def _adapter_scale(cfg: dict, module: str) -> float:
+    r = cfg.get("r", 8)
+    alpha = cfg.get("lora_alpha", r)
+    for pat, val in (cfg.get("rank_pattern") or {}).items():
+        if re.search(rf"(^|\.){re.escape(pat)}$", module) or re.fullmatch(pat, module):
+            r = val
+    for pat, val in (cfg.get("alpha_pattern") or {}).items():
+        if re.search(rf"(^|\.){re.escape(pat)}$", module) or re.fullmatch(pat, module):
+            alpha = val
+    return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+
+
+def from_adapter(
+    adapter_dir: str | Path,
+    base=None,
+    out: str | Path | None = None,
+    name: str | None = None,
+) -> Direction:
+    """The update a PEFT LoRA adapter makes: ΔW = scale · B·A per adapted module (scale = α/r, or α/√r with rsLoRA).
+
+    Args:
+        adapter_dir: directory with ``adapter_config.json`` and ``adapter_model.safetensors``.
+        base: the base checkpoint (or model) to check names and shapes against; recommended.
+        out: write to this directory instead of returning in memory.
+        name: a label such as "d_harm".
+    """
+    d = Path(adapter_dir)
+    cfg_path = d / "adapter_config.json"
+    if not cfg_path.is_file():
+        raise ValueError(f"{d} is not a PEFT adapter directory: no adapter_config.json")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not supported (only LORA)")
+    if cfg.get("use_dora"):
+        raise ValueError(f"{cfg_path}: DoRA adapters are not supported (their update is not scale·B·A)")
+    weights = open_store(d / "adapter_model.safetensors" if (d / "adapter_model.safetensors").is_file()
+                         else d / "adapter_model.bin")  # fmt: skip
+    parts: dict[str, dict[str, str]] = {}
+    for key in list(weights.keys()):
+        m = _LORA_KEY.match(key)
+        if m is None:
+            raise ValueError(f"{weights.origin}: tensor {key!r} is not a LoRA A/B matrix (modules_to_save is "
+                             "not supported)")  # fmt: skip
+        parts.setdefault(m.group("module"), {})[m.group("part")] = key
+    base_store = open_store(base) if base is not None else None
+    base_names = set(base_store.keys()) if base_store is not None else set()
+    targets = {}
+    for module, p in parts.items():
+        if not ({"A", "B"} <= set(p) or {"embedding_A", "embedding_B"} <= set(p)):
+            raise ValueError(f"{weights.origin}: module {module!r} has only {sorted(p)}")
+        param = f"{module}.weight"
+        if base_store is not None and param not in base_names:
+            raise KeyError(f"adapter {d} does not match base {base_store.origin}: the base has no tensor {param!r}")
+        targets[param] = (module, p)
+
+    def one(param: str) -> torch.Tensor:
+        module, p = targets[param]
+        scale = _adapter_scale(cfg, module)
+        if "A" in p:
+            delta = weights.get(p["B"]).float() @ weights.get(p["A"]).float()
+            if cfg.get("fan_in_fan_out"):
+                delta = delta.T
+        else:
+            delta = (weights.get(p["embedding_B"]).float() @ weights.get(p["embedding_A"]).float()).T
+        delta = delta * scale
+        if base_store is not None and tuple(delta.shape) != base_store.shape(param):
+            want, got = list(base_store.shape(param)), list(delta.shape)
+            raise ValueError(
+                f"adapter {d} does not match base {base_store.origin}: tensor {param!r} is {want} in the base, "
+                f"the adapter's update is {got}"
+            )
+        _check_finite(delta, weights, param)
+        return delta
+
+    meta = new_meta("adapter", name=name, normalization="none", lora_r=cfg.get("r"), lora_alpha=cfg.get("lora_alpha"),
+                    sources=[{"path": str(d), "role": "adapter", "base_model": cfg.get("base_model_name_or_path")}]
+                    + ([{"path": base_store.origin, "role": "base"}] if base_store is not None else []))  # fmt: skip
+    return stream_map(sorted(targets), one, meta, out=out)

@@ -1,0 +1,314 @@
+"""Named-tensor stores that stream: a checkpoint directory, a state dict, or a live model.
+
+Everything that walks a model's parameters (differences, norms, cosines, normalisation) goes through
+:class:`TensorStore`, one tensor at a time, so that peak memory is a few tensors and never a model.
+Safetensors files are read lazily with ``safe_open``; sharded checkpoints are found through their
+``*.safetensors.index.json``. Pickled ``.bin`` checkpoints are read only with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .io import atomic_write_text
+
+
+@runtime_checkable
+class TensorStore(Protocol):
+    """Read-only access to named tensors, one at a time."""
+
+    origin: str
+
+    def keys(self) -> list[str]: ...
+
+    def get(self, name: str) -> torch.Tensor: ...
+
+    def shape(self, name: str) -> tuple[int, ...]: ...
+
+    def dtype(self, name: str) -> torch.dtype: ...
+
+
+class MemoryStore:
+    """Tensors held in a dict (a state dict, or an in-memory direction)."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], origin: str = "<memory>"):
+        self.tensors = dict(tensors)
+        self.origin = origin
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.tensors[name].shape)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self.tensors[name].dtype
+
+
+class ModuleStore(MemoryStore):
+    """The parameters of a live ``nn.Module``; tied parameters appear once (under their first name)."""
+
+    def __init__(self, module: torch.nn.Module, origin: str | None = None):
+        name = getattr(getattr(module, "config", None), "_name_or_path", "") or type(module).__name__
+        super().__init__({n: p.detach() for n, p in module.named_parameters()}, origin or f"<model {name}>")
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}  # fmt: skip
+
+
+def _read_header(path: Path) -> dict:
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        if n <= 0 or n > 100_000_000:
+            raise ValueError(f"{path}: not a safetensors file (bad header length)")
+        try:
+            return json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a safetensors file ({e})") from e
+
+
+class SafetensorsStore:
+    """A safetensors checkpoint: a directory (single file or sharded with an index) or one ``.safetensors`` file.
+
+    Shapes and dtypes come from the headers without reading any tensor.
+    """
+
+    def __init__(self, path: str | Path):
+        p = Path(path)
+        self.origin = str(p)
+        self.files: dict[str, Path] = {}  # tensor name -> file
+        self.metadata: dict[str, str] = {}
+        self._headers: dict[Path, dict] = {}
+        if p.is_file():
+            shards = [p]
+        elif p.is_dir():
+            index = sorted(p.glob("*.safetensors.index.json"))
+            if index:
+                try:
+                    weight_map = json.loads(index[0].read_text())["weight_map"]
+                except (json.JSONDecodeError, KeyError) as e:
+                    raise ValueError(f"{index[0]}: not a safetensors index ({e})") from e
+                shards = sorted({p / f for f in weight_map.values()})
+                missing = [s for s in shards if not s.is_file()]
+                if missing:
+                    raise FileNotFoundError(f"{index[0]} names shard {missing[0].name}, which is missing")
+            else:
+                shards = sorted(p.glob("*.safetensors"))
+            if not shards:
+                raise ValueError(f"{p} is not a checkpoint: no *.safetensors files in it")
+        else:
+            raise FileNotFoundError(f"Checkpoint {str(p)!r} does not exist")
+        for shard in shards:
+            header = _read_header(shard)
+            self.metadata.update(header.pop("__metadata__", None) or {})
+            self._headers[shard] = header
+            for name in header:
+                self.files[name] = shard
+        self._handles: dict[Path, object] = {}
+        self._last: tuple[str, torch.Tensor] | None = None
+
+    def keys(self) -> list[str]:
+        return list(self.files)
+
+    def _entry(self, name: str) -> dict:
+        if name not in self.files:
+            raise KeyError(f"{self.origin}: no tensor {name!r}")
+        return self._headers[self.files[name]][name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._entry(name)["shape"])
+
+    def dtype(self, name: str) -> torch.dtype:
+        code = self._entry(name)["dtype"]
+        if code not in _DTYPES:
+            raise ValueError(f"{self.files[name]}: tensor {name!r} has unsupported dtype {code}")
+        return _DTYPES[code]
+
+    def get(self, name: str) -> torch.Tensor:
+        # One tensor is kept: streaming passes often read the same tensor twice in a row (a lazy
+        # difference, then the reference it is compared with).
+        if self._last is not None and self._last[0] == name:
+            return self._last[1]
+        f = self.files.get(name)
+        if f is None:
+            raise KeyError(f"{self.origin}: no tensor {name!r}")
+        if f not in self._handles:
+            self._handles[f] = safe_open(f, framework="pt", device="cpu")
+        t = self._handles[f].get_tensor(name)
+        self._last = (name, t)
+        return t
+
+    def file_of(self, name: str) -> Path:
+        return self.files[name]
+
+
+class TorchBinStore(MemoryStore):
+    """A pickled ``pytorch_model.bin`` checkpoint, read with ``weights_only=True`` (never arbitrary code)."""
+
+    def __init__(self, path: str | Path):
+        p = Path(path)
+        files = sorted(p.glob("pytorch_model*.bin")) if p.is_dir() else [p]
+        tensors: dict[str, torch.Tensor] = {}
+        for f in files:
+            tensors.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+        super().__init__(tensors, str(p))
+
+
+def open_store(obj) -> TensorStore:
+    """A :class:`TensorStore` for a checkpoint path, a state dict, a model, or a store (returned as is)."""
+    if isinstance(obj, TensorStore):
+        return obj
+    if isinstance(obj, torch.nn.Module):
+        return ModuleStore(obj)
+    if isinstance(obj, Mapping):
+        return MemoryStore(obj)
+    if isinstance(obj, (str, Path)):
+        p = Path(obj)
+        if not p.exists():
+            raise FileNotFoundError(f"Checkpoint {str(p)!r} does not exist")
+        if p.is_dir() and not any(p.glob("*.safetensors")) and any(p.glob("pytorch_model*.bin")):
+            return TorchBinStore(p)
+        return SafetensorsStore(p)
+    raise TypeError(f"Cannot read tensors from {type(obj).__name__}: give a path, a state dict or a model")
+
+
+class DifferenceStore:
+    """θ_end − θ_start computed when a tensor is asked for: a direction that costs no memory and no disk."""
+
+    def __init__(self, start: TensorStore, end: TensorStore, names: list[str], check: Callable | None = None):
+        self.a, self.b, self.names = start, end, list(names)
+        self.origin = f"{end.origin} - {start.origin}"
+        self.check = check
+
+    def keys(self) -> list[str]:
+        return list(self.names)
+
+    def get(self, name: str) -> torch.Tensor:
+        x, y = self.a.get(name), self.b.get(name)
+        if self.check is not None:
+            self.check(x, self.a, name)
+            self.check(y, self.b, name)
+        return y.float() - x.float()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.a.shape(name)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return torch.float32
+
+
+def iter_tensors(store: TensorStore, names: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    for n in names if names is not None else store.keys():
+        yield n, store.get(n)
+
+
+class ShardWriter:
+    """Write tensors one by one into size-bounded safetensors shards, all in a temporary directory.
+
+    Call :meth:`finish` to write the index and move the directory into place atomically; on error
+    (or :meth:`abort`) nothing is left at the destination.
+    """
+
+    def __init__(self, out_dir: str | Path, prefix: str, max_shard_bytes: int = 1 << 30):
+        import tempfile
+
+        self.out = Path(out_dir)
+        if self.out.exists() and any(self.out.iterdir()):
+            raise FileExistsError(f"{self.out} already exists and is not empty")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        self.prefix = prefix
+        self.max_bytes = max_shard_bytes
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_bytes = 0
+        self.shards: list[dict[str, torch.Tensor] | list[str]] = []
+        self.total = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        nbytes = tensor.numel() * tensor.element_size()
+        if self.pending and self.pending_bytes + nbytes > self.max_bytes:
+            self._flush()
+        self.pending[name] = tensor.detach().to("cpu").contiguous()
+        self.pending_bytes += nbytes
+        self.total += nbytes
+
+    def _flush(self) -> None:
+        k = len(self.shards) + 1
+        save_file(self.pending, self.tmp / f"{self.prefix}-{k:05d}.safetensors", {"_reserve": " " * HEADER_RESERVE})
+        self.shards.append(list(self.pending))
+        self.pending, self.pending_bytes = {}, 0
+
+    def finish(self, metadata: dict[str, str]) -> Path:
+        """Write the last shard, put ``metadata`` in every header, and move the directory into place."""
+        try:
+            if self.pending or not self.shards:
+                self._flush()
+            n = len(self.shards)
+            weight_map = {}
+            for k, names in enumerate(self.shards, start=1):
+                src = self.tmp / f"{self.prefix}-{k:05d}.safetensors"
+                dst_name = f"{self.prefix}.safetensors" if n == 1 else f"{self.prefix}-{k:05d}-of-{n:05d}.safetensors"
+                _rewrite_metadata(src, self.tmp / dst_name, metadata)
+                weight_map.update({name: dst_name for name in names})
+            if n > 1:
+                index = {"metadata": {"total_size": self.total, **metadata}, "weight_map": weight_map}
+                atomic_write_text(self.tmp / f"{self.prefix}.safetensors.index.json", json.dumps(index, indent=1))
+            for f in self.tmp.iterdir():
+                f.chmod(0o644)
+            self.tmp.chmod(0o755)
+            if self.out.exists():
+                self.out.rmdir()  # empty (checked at start)
+            self.tmp.rename(self.out)
+            return self.out
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+HEADER_RESERVE = 16384  # bytes of header room kept for metadata known only when a stream ends
+
+
+def _rewrite_metadata(src: Path, dst: Path, metadata: dict[str, str]) -> None:
+    """Move ``src`` to ``dst`` with ``metadata`` in its header.
+
+    Shards are written with a blank reservation in their header, so the final metadata (which holds
+    hashes known only at the end of a stream) is written in place; the safetensors format allows a
+    header padded with spaces. Only when it does not fit is the file copied.
+    """
+    with open(src, "r+b") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+        meta = {k: v for k, v in (header.get("__metadata__") or {}).items() if k != "_reserve"}
+        header["__metadata__"] = {**meta, **metadata}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        if len(raw) <= n:
+            fh.seek(8)
+            fh.write(raw + b" " * (n - len(raw)))
+            fh.close()
+            src.rename(dst)
+            return
+        raw += b" " * ((8 - len(raw) % 8) % 8)  # keep the data 8-byte aligned
+        fh.seek(8 + n)
+        with open(dst, "wb") as out:
+            out.write(len(raw).to_bytes(8, "little"))
+            out.write(raw)
+            while block := fh.read(1 << 24):
+                out.write(block)
+    src.unlink()
