@@ -2,7 +2,7 @@
 
 Everything that walks a model's parameters (differences, norms, cosines, normalisation) goes through
 :class:`TensorStore`, one tensor at a time, so that peak memory is a few tensors and never a model.
-Safetensors files are read lazily with ``safe_open``; sharded checkpoints are found through their
+Safetensors files are read one tensor at a time at their header offsets; sharded checkpoints are found through their
 ``*.safetensors.index.json``. Pickled ``.bin`` checkpoints are read only with ``weights_only=True``.
 """
 
@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .io import atomic_write_text
@@ -53,6 +52,9 @@ class MemoryStore:
 
     def dtype(self, name: str) -> torch.dtype:
         return self.tensors[name].dtype
+
+    def get_flat(self, name: str, start: int, stop: int) -> torch.Tensor:
+        return self.tensors[name].reshape(-1)[start:stop]
 
 
 class ModuleStore(MemoryStore):
@@ -110,13 +112,15 @@ class SafetensorsStore:
                 raise ValueError(f"{p} is not a checkpoint: no *.safetensors files in it")
         else:
             raise FileNotFoundError(f"Checkpoint {str(p)!r} does not exist")
+        self._header_len: dict[Path, int] = {}
         for shard in shards:
             header = _read_header(shard)
+            with open(shard, "rb") as fh:
+                self._header_len[shard] = int.from_bytes(fh.read(8), "little")
             self.metadata.update(header.pop("__metadata__", None) or {})
             self._headers[shard] = header
             for name in header:
                 self.files[name] = shard
-        self._handles: dict[Path, object] = {}
         self._last: tuple[str, torch.Tensor] | None = None
 
     def keys(self) -> list[str]:
@@ -137,18 +141,33 @@ class SafetensorsStore:
         return _DTYPES[code]
 
     def get(self, name: str) -> torch.Tensor:
+        """Read one tensor into fresh memory.
+
+        The bytes are read at the header's offsets with one ``readinto``, not through ``safe_open``: that maps
+        a whole shard and keeps it mapped, so every page a pass touches counts towards resident memory.
+        """
         # One tensor is kept: streaming passes often read the same tensor twice in a row (a lazy
         # difference, then the reference it is compared with).
         if self._last is not None and self._last[0] == name:
             return self._last[1]
-        f = self.files.get(name)
-        if f is None:
-            raise KeyError(f"{self.origin}: no tensor {name!r}")
-        if f not in self._handles:
-            self._handles[f] = safe_open(f, framework="pt", device="cpu")
-        t = self._handles[f].get_tensor(name)
+        self._last = None  # let the previous tensor go before the next one is allocated
+        t = self.get_flat(name, 0, _numel(self.shape(name))).reshape(self.shape(name))
         self._last = (name, t)
         return t
+
+    def get_flat(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Elements ``start:stop`` of the flattened tensor, read from the file alone."""
+        entry = self._entry(name)
+        f = self.files[name]
+        dtype = self.dtype(name)
+        item = torch.empty(0, dtype=dtype).element_size()
+        begin = entry["data_offsets"][0] + start * item
+        buf = bytearray((stop - start) * item)
+        with open(f, "rb") as fh:
+            fh.seek(8 + self._header_len[f] + begin)
+            if fh.readinto(buf) != len(buf):
+                raise ValueError(f"{f}: file is truncated (tensor {name!r} runs past its end)")
+        return torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
 
     def file_of(self, name: str) -> Path:
         return self.files[name]
@@ -196,17 +215,78 @@ class DifferenceStore:
         return list(self.names)
 
     def get(self, name: str) -> torch.Tensor:
-        x, y = self.a.get(name), self.b.get(name)
-        if self.check is not None:
+        return self._diff(self.a.get(name), self.b.get(name), name)
+
+    def get_flat(self, name: str, start: int, stop: int) -> torch.Tensor:
+        return self._diff(self.a.get_flat(name, start, stop), self.b.get_flat(name, start, stop), name)
+
+    def _diff(self, x: torch.Tensor, y: torch.Tensor, name: str) -> torch.Tensor:
+        d = y.float() - x.float()
+        if self.check is not None and not torch.isfinite(d.sum()):  # NaN/Inf in either side reaches d
             self.check(x, self.a, name)
             self.check(y, self.b, name)
-        return y.float() - x.float()
+        return d
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self.a.shape(name)
 
     def dtype(self, name: str) -> torch.dtype:
         return torch.float32
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def get_flat(store, name: str, start: int, stop: int) -> torch.Tensor:
+    """Elements ``start:stop`` of a flattened tensor of any store (reading only those where the store can)."""
+    if hasattr(store, "get_flat"):
+        return store.get_flat(name, start, stop)
+    return store.get(name).reshape(-1)[start:stop]
+
+
+def prefetched(items: Iterator, depth: int = 1) -> Iterator:
+    """Iterate ``items`` with a reader thread staying ``depth`` items ahead.
+
+    File reads and tensor arithmetic release the GIL, so reading the next chunk overlaps computing on this one.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for it in items:
+                if stop.is_set():
+                    return
+                q.put((True, it))
+            q.put((True, done))
+        except BaseException as e:  # handed to the consumer
+            q.put((False, e))
+
+    th = threading.Thread(target=work, daemon=True)
+    th.start()
+    try:
+        while True:
+            ok, it = q.get()
+            if not ok:
+                raise it
+            if it is done:
+                return
+            yield it
+    finally:
+        stop.set()
+        while th.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                th.join(0.01)
 
 
 def iter_tensors(store: TensorStore, names: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:

@@ -84,12 +84,14 @@ def difference(
 
     def one(n: str) -> torch.Tensor:
         x, y = a.get(n), b.get(n)
-        _check_finite(x, a, n)
-        _check_finite(y, b, n)
+        d = y.float() - x.float()
+        if not torch.isfinite(d.sum()):  # NaN/Inf on either side reaches d; then find which side
+            _check_finite(x, a, n)
+            _check_finite(y, b, n)
         if hash_sources:
             ha.update(n, x)
             hb.update(n, y)
-        return y.float() - x.float()
+        return d
 
     def finalize(meta: dict) -> dict:
         if hash_sources:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..tensors import MemoryStore, SafetensorsStore, ShardWriter, TensorStore
+from ..tensors import MemoryStore, SafetensorsStore, ShardWriter, TensorStore, get_flat
 
 META_KEY = "landscape_direction"
 FILE_PREFIX = "direction"
@@ -56,6 +56,9 @@ class Direction:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self.store.shape(self.aliases.get(name, name))
+
+    def get_flat(self, name: str, start: int, stop: int) -> torch.Tensor:
+        return get_flat(self.store, self.aliases.get(name, name), start, stop)
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         for n in self.names():
