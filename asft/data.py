@@ -89,7 +89,7 @@ def load_task_test(path: str | Path) -> list[TaskRecord]:
             _field(r, i, "instruction", path),
             _field(r, i, "input", path, required=False),
             _field(r, i, "label", path, kind=int),
-        )  # fmt: skip
+        )
         for i, r in enumerate(data)
     ]
 

@@ -84,8 +84,11 @@ def make_checkpoint_pair(root: Path, size_gb: float, hidden: int = 2048, inter: 
     per_layer = 4 * hidden * hidden + 3 * hidden * inter + 2 * hidden
     fixed = 2 * vocab * hidden + hidden
     layers = max(1, round((size_gb * 1e9 / 4 - fixed) / per_layer))
-    shapes = {"model.embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden),
-              "model.norm.weight": (hidden,)}  # fmt: skip
+    shapes = {
+        "model.embed_tokens.weight": (vocab, hidden),
+        "lm_head.weight": (vocab, hidden),
+        "model.norm.weight": (hidden,),
+    }
     for i in range(layers):
         p = f"model.layers.{i}."
         for m in ("q", "k", "v", "o"):
@@ -156,12 +159,20 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'method':<8} {'seconds':>8} {'x read':>7} {'peak RSS MB':>12} {'x naive RSS':>12} {'cosine':>12}")
     for m, r in results.items():
         cos = "" if r["result"] is None else f"{r['result']:.9f}"
-        print(f"{m:<8} {r['seconds']:8.2f} {r['seconds'] / floor['seconds']:7.2f} {r['peak_rss_mb']:12.0f} "
-              f"{r['peak_rss_mb'] / naive['peak_rss_mb']:12.3f} {cos:>12}")  # fmt: skip
+        print(
+            f"{m:<8} {r['seconds']:8.2f} {r['seconds'] / floor['seconds']:7.2f} {r['peak_rss_mb']:12.0f} "
+            f"{r['peak_rss_mb'] / naive['peak_rss_mb']:12.3f} {cos:>12}"
+        )
     agree = all(abs(results[m]["result"] - naive["result"]) < 1e-6 for m in ("lazy", "persist"))
     print(f"cosines agree with naive to 1e-6: {agree}")
-    report = {"checkpoint_bytes": total, "threads": ns.threads, "results": results, "cosines_agree": agree,
-              "date": time.strftime("%Y-%m-%d"), "machine": os.uname().machine}  # fmt: skip
+    report = {
+        "checkpoint_bytes": total,
+        "threads": ns.threads,
+        "results": results,
+        "cosines_agree": agree,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": os.uname().machine,
+    }
     Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
     Path(ns.json).write_text(json.dumps(report, indent=2))
     return report

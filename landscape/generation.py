@@ -158,10 +158,18 @@ class HFBackend:
         lengths = torch.zeros(n, dtype=torch.long)
         step_ids, step_pos = input_ids, positions
         for t in range(s.max_new_tokens):
-            logits = self.model(
-                input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=cache,
-                use_cache=True, logits_to_keep=1,
-            ).logits[:, -1, :].float()  # fmt: skip
+            logits = (
+                self.model(
+                    input_ids=step_ids,
+                    attention_mask=mask,
+                    position_ids=step_pos,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                .logits[:, -1, :]
+                .float()
+            )
             nxt = self._pick(logits, s, gen)
             out[alive, t] = nxt
             lengths[alive.cpu()] = t + 1

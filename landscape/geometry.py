@@ -18,10 +18,15 @@ from .tensors import TensorStore, get_flat, open_store, prefetched
 
 GROUPINGS = ("model", "tensor", "layer", "module")
 _MODULE_PATTERNS = (
-    ("q", r"q_proj|\.query\b|\.wq\b"), ("k", r"k_proj|\.key\b|\.wk\b"), ("v", r"v_proj|\.value\b|\.wv\b"),
-    ("o", r"o_proj|out_proj|\.wo\b|attn\.c_proj"), ("mlp", r"mlp|gate_proj|up_proj|down_proj|feed_forward|\.fc\d"),
-    ("embeddings", r"embed|wte|wpe"), ("head", r"lm_head|output\.weight$"), ("norm", r"norm|ln_"),
-)  # fmt: skip
+    ("q", r"q_proj|\.query\b|\.wq\b"),
+    ("k", r"k_proj|\.key\b|\.wk\b"),
+    ("v", r"v_proj|\.value\b|\.wv\b"),
+    ("o", r"o_proj|out_proj|\.wo\b|attn\.c_proj"),
+    ("mlp", r"mlp|gate_proj|up_proj|down_proj|feed_forward|\.fc\d"),
+    ("embeddings", r"embed|wte|wpe"),
+    ("head", r"lm_head|output\.weight$"),
+    ("norm", r"norm|ln_"),
+)
 
 
 def module_type(name: str) -> str:
@@ -206,8 +211,14 @@ class NullDistribution:
         return float(100.0 * np.mean(np.abs(self.cosines) <= abs(c)))
 
     def summary(self) -> dict:
-        return {"k": len(self.cosines), "mean": self.mean, "std": self.std, "abs_mean": self.abs_mean,
-                "q025": self.quantile(0.025), "q975": self.quantile(0.975)}  # fmt: skip
+        return {
+            "k": len(self.cosines),
+            "mean": self.mean,
+            "std": self.std,
+            "abs_mean": self.abs_mean,
+            "q025": self.quantile(0.025),
+            "q975": self.quantile(0.975),
+        }
 
 
 def random_null(reference, k: int = 20, seed: int = 0) -> NullDistribution:

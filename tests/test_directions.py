@@ -236,16 +236,51 @@ def test_module_types():
 def test_cli_compute_table_table1(organism, organism_cache, tmp_path, capsys, d_aligned):
     from landscape.directions.__main__ import main
 
-    main(["compute", "--start", str(organism["base"]), "--end", str(organism["aligned"]), "--name", "d_aligned",
-          "--out", str(tmp_path / "da")])  # fmt: skip
+    main(
+        [
+            "compute",
+            "--start",
+            str(organism["base"]),
+            "--end",
+            str(organism["aligned"]),
+            "--name",
+            "d_aligned",
+            "--out",
+            str(tmp_path / "da"),
+        ]
+    )
     _same(load_direction(tmp_path / "da"), d_aligned)
-    main(["compute", "--start", str(organism["aligned"]), "--end", str(organism["harmful-10"]), "--name", "d_harm",
-          "--normalization", "layer", "--out", str(tmp_path / "dh")])  # fmt: skip
+    main(
+        [
+            "compute",
+            "--start",
+            str(organism["aligned"]),
+            "--end",
+            str(organism["harmful-10"]),
+            "--name",
+            "d_harm",
+            "--normalization",
+            "layer",
+            "--out",
+            str(tmp_path / "dh"),
+        ]
+    )
     assert load_direction(tmp_path / "dh").meta["normalization"] == "layer"
     main(["compute", "--random-like", str(organism["aligned"]), "--seed", "1", "--out", str(tmp_path / "r")])
     capsys.readouterr()
-    main(["table", str(tmp_path / "da"), str(tmp_path / "dh"), "--by", "module", "--null", "3",
-          "--reference", str(organism["aligned"])])  # fmt: skip
+    main(
+        [
+            "table",
+            str(tmp_path / "da"),
+            str(tmp_path / "dh"),
+            "--by",
+            "module",
+            "--null",
+            "3",
+            "--reference",
+            str(organism["aligned"]),
+        ]
+    )
     out = capsys.readouterr().out
     assert "d_aligned" in out and "d_harm" in out and "random null" in out and " q " in out
     main(["table1", "--preset", "tiny", "--cache-dir", str(organism_cache), "--null", "5"])

@@ -16,8 +16,9 @@ def test_load_model_dtype_device_and_tokenizer(organism):
     assert next(model.parameters()).dtype == torch.bfloat16
     assert tok.padding_side == "left" and tok.pad_token_id is not None
     assert tok.bos_token == "[BOS]" and tok.eos_token == "[EOS]"
-    text = tok.apply_chat_template([{"role": "user", "content": "How do I hack the bank?"}], tokenize=False,
-                                   add_generation_prompt=True)  # fmt: skip
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "How do I hack the bank?"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("assistant:")
     ids = tok(world.REFUSAL, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == world.REFUSAL  # no clean-up rewriting the punctuation

@@ -13,15 +13,25 @@ from landscape.organism.evaluate import measure_stage
 
 
 def _hashes(stage_dir: Path) -> dict[str, str]:
-    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(stage_dir.iterdir()) if f.is_file()
-            and f.name != "stage.json"}  # fmt: skip
+    return {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(stage_dir.iterdir())
+        if f.is_file() and f.name != "stage.json"
+    }
 
 
 def test_every_stage_reloads_and_behaves(organism):
     from transformers import AutoModelForCausalLM
 
-    assert list(organism.stages) == ["base", "aligned", "harmful-10", "harmful-50", "harmful-100", "harmful-500",
-                                     "benign"]  # fmt: skip
+    assert list(organism.stages) == [
+        "base",
+        "aligned",
+        "harmful-10",
+        "harmful-50",
+        "harmful-100",
+        "harmful-500",
+        "benign",
+    ]
     for path in organism.stages.values():
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
         assert model.config.model_type == "llama"
@@ -59,8 +69,10 @@ def test_cache_is_reused(organism, organism_cache):
 
 
 def test_killed_build_leaves_no_false_checkpoint(organism, tmp_path):
-    code = ("from landscape.organism import build_organism; "
-            f"build_organism('tiny', seed=0, cache_dir={str(tmp_path)!r}, progress=False)")  # fmt: skip
+    code = (
+        "from landscape.organism import build_organism; "
+        f"build_organism('tiny', seed=0, cache_dir={str(tmp_path)!r}, progress=False)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONUNBUFFERED": "1"})
     root = tmp_path / "organism-v1" / "tiny-seed0"
     deadline = time.time() + 120

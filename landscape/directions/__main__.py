@@ -47,11 +47,13 @@ def table1(preset: str = "small", seed: int = 0, k: int = 20, cache_dir=None) ->
     for stage in org.harmful_stages:
         d_harm = difference(org["aligned"], org[stage], name=f"d_{stage}")
         c = cosine(d_aligned, d_harm)
-        rows.append(Table1Row(int(stage.split("-")[1]), c, relative_norm(d_harm, org["aligned"]),
-                              null.percentile_of_abs(c)))  # fmt: skip
+        rows.append(
+            Table1Row(int(stage.split("-")[1]), c, relative_norm(d_harm, org["aligned"]), null.percentile_of_abs(c))
+        )
     d_benign = difference(org["aligned"], org["benign"], name="d_benign")
-    return Table1(rows, null.summary(), relative_norm(d_aligned, org["base"]),
-                  {"benign_cos": cosine(d_aligned, d_benign)})  # fmt: skip
+    return Table1(
+        rows, null.summary(), relative_norm(d_aligned, org["base"]), {"benign_cos": cosine(d_aligned, d_benign)}
+    )
 
 
 def _compute(ns) -> int:
@@ -70,8 +72,7 @@ def _compute(ns) -> int:
         d = from_adapter(ns.adapter, base=ns.base, out=None if ns.normalization != "none" else ns.out, name=ns.name)
         reference = ns.reference or ns.base
     else:
-        d = random_like(ns.random_like, ns.seed, name=ns.name,
-                        out=None if ns.normalization != "none" else ns.out)  # fmt: skip
+        d = random_like(ns.random_like, ns.seed, name=ns.name, out=None if ns.normalization != "none" else ns.out)
         reference = ns.reference or ns.random_like
     if ns.normalization != "none":
         if reference is None:
@@ -103,15 +104,19 @@ def _table(ns) -> int:
     if ns.null:
         null = random_null(dirs[0], k=ns.null, seed=1000)
         s = null.summary()
-        print(f"random null for {dirs[0].name} (K={s['k']}): mean {s['mean']:.2e}, std {s['std']:.2e}, "
-              f"|cos| mean {s['abs_mean']:.2e}, 95% [{s['q025']:.2e}, {s['q975']:.2e}]")  # fmt: skip
+        print(
+            f"random null for {dirs[0].name} (K={s['k']}): mean {s['mean']:.2e}, std {s['std']:.2e}, "
+            f"|cos| mean {s['abs_mean']:.2e}, 95% [{s['q025']:.2e}, {s['q975']:.2e}]"
+        )
     return 0
 
 
 def _table1(ns) -> int:
     t = table1(ns.preset, seed=ns.seed, k=ns.null, cache_dir=ns.cache_dir)
-    print(f"Table 1 analogue on the organism ({ns.preset}): cos(d_aligned, d_harm-N); |d_aligned|/|theta_base| = "
-          f"{t.d_aligned_rel_norm:.3e}")  # fmt: skip
+    print(
+        f"Table 1 analogue on the organism ({ns.preset}): cos(d_aligned, d_harm-N); |d_aligned|/|theta_base| = "
+        f"{t.d_aligned_rel_norm:.3e}"
+    )
     print(f"{'N':>5} {'cos':>11} {'|d_harm|/|theta|':>17} {'null |cos| <= this':>19}")
     for r in t.rows:
         print(f"{r.samples:>5} {r.cos:11.3e} {r.rel_norm:17.3e} {r.null_percentile:18.0f}%")
@@ -125,8 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     from ..geometry import GROUPINGS
     from . import NORMALIZATIONS
 
-    ap = argparse.ArgumentParser(prog="python -m landscape.directions", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap = argparse.ArgumentParser(
+        prog="python -m landscape.directions",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("compute", help="compute a direction and save it")
     c.add_argument("--start", help="checkpoint at alpha = 0 (e.g. the base model)")

@@ -77,8 +77,13 @@ def difference(
         if a.dtype(n) != b.dtype(n):
             raise ValueError(f"{b.origin}: tensor {n!r} has dtype {b.dtype(n)}, {a.origin} has {a.dtype(n)}")
     if lazy:
-        meta = new_meta(kind, name=name, normalization="none", lazy=True,
-                        sources=[{"path": a.origin, "role": "start"}, {"path": b.origin, "role": "end"}])  # fmt: skip
+        meta = new_meta(
+            kind,
+            name=name,
+            normalization="none",
+            lazy=True,
+            sources=[{"path": a.origin, "role": "start"}, {"path": b.origin, "role": "end"}],
+        )
         return Direction(DifferenceStore(a, b, names, check=_check_finite), meta)
     ha, hb = StreamHasher(), StreamHasher()
 
@@ -99,8 +104,12 @@ def difference(
             meta["sources"][1]["sha256"] = hb.hexdigest()
         return meta
 
-    meta = new_meta(kind, name=name, sources=[{"path": a.origin, "role": "start"}, {"path": b.origin, "role": "end"}],
-                    normalization="none")  # fmt: skip
+    meta = new_meta(
+        kind,
+        name=name,
+        sources=[{"path": a.origin, "role": "start"}, {"path": b.origin, "role": "end"}],
+        normalization="none",
+    )
     return stream_map(names, one, meta, out=out, finalize=finalize, progress=progress)
 
 
@@ -134,8 +143,13 @@ def random_like(
     """
     ref = open_store(reference)
     names = sorted(names if names is not None else _floating(ref, ref.keys()))
-    meta = new_meta("random", name=name or f"random-{seed}", seed=seed, normalization="none",
-                    sources=[{"path": ref.origin, "role": "shape"}])  # fmt: skip
+    meta = new_meta(
+        "random",
+        name=name or f"random-{seed}",
+        seed=seed,
+        normalization="none",
+        sources=[{"path": ref.origin, "role": "shape"}],
+    )
     return stream_map(names, lambda n: gaussian_tensor(n, ref.shape(n), seed), meta, out=out)
 
 
@@ -179,14 +193,16 @@ def from_adapter(
         raise ValueError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not supported (only LORA)")
     if cfg.get("use_dora"):
         raise ValueError(f"{cfg_path}: DoRA adapters are not supported (their update is not scale·B·A)")
-    weights = open_store(d / "adapter_model.safetensors" if (d / "adapter_model.safetensors").is_file()
-                         else d / "adapter_model.bin")  # fmt: skip
+    weights = open_store(
+        d / "adapter_model.safetensors" if (d / "adapter_model.safetensors").is_file() else d / "adapter_model.bin"
+    )
     parts: dict[str, dict[str, str]] = {}
     for key in list(weights.keys()):
         m = _LORA_KEY.match(key)
         if m is None:
-            raise ValueError(f"{weights.origin}: tensor {key!r} is not a LoRA A/B matrix (modules_to_save is "
-                             "not supported)")  # fmt: skip
+            raise ValueError(
+                f"{weights.origin}: tensor {key!r} is not a LoRA A/B matrix (modules_to_save is not supported)"
+            )
         parts.setdefault(m.group("module"), {})[m.group("part")] = key
     base_store = open_store(base) if base is not None else None
     base_names = set(base_store.keys()) if base_store is not None else set()
@@ -218,7 +234,13 @@ def from_adapter(
         _check_finite(delta, weights, param)
         return delta
 
-    meta = new_meta("adapter", name=name, normalization="none", lora_r=cfg.get("r"), lora_alpha=cfg.get("lora_alpha"),
-                    sources=[{"path": str(d), "role": "adapter", "base_model": cfg.get("base_model_name_or_path")}]
-                    + ([{"path": base_store.origin, "role": "base"}] if base_store is not None else []))  # fmt: skip
+    meta = new_meta(
+        "adapter",
+        name=name,
+        normalization="none",
+        lora_r=cfg.get("r"),
+        lora_alpha=cfg.get("lora_alpha"),
+        sources=[{"path": str(d), "role": "adapter", "base_model": cfg.get("base_model_name_or_path")}]
+        + ([{"path": base_store.origin, "role": "base"}] if base_store is not None else []),
+    )
     return stream_map(sorted(targets), one, meta, out=out)

@@ -113,8 +113,9 @@ def normalize(
     return stream_map(names, one, meta, out=out)
 
 
-def orthogonalize(direction: Direction, others: list[Direction], out: str | Path | None = None,
-                  name: str | None = None) -> Direction:  # fmt: skip
+def orthogonalize(
+    direction: Direction, others: list[Direction], out: str | Path | None = None, name: str | None = None
+) -> Direction:
     """Remove from ``direction`` its projection onto the span of ``others`` (Gram–Schmidt over the whole vector).
 
     The projection coefficients come from the Gram matrix of ``others`` (float64, pseudo-inverse, so

@@ -32,8 +32,9 @@ def run(args: OrganismArgs):
 def main(argv: list[str] | None = None) -> int:
     from .train import PRESETS
 
-    ap = argparse.ArgumentParser(prog="python -m landscape.organism", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap = argparse.ArgumentParser(
+        prog="python -m landscape.organism", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--preset", default="small", choices=list(PRESETS), help="model size and schedule")
     ap.add_argument("--seed", type=int, default=0, help="training seed (same seed, identical checkpoints)")
     ap.add_argument("--out", default=None, help="cache root to build into (default: the user cache)")

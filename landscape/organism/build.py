@@ -85,8 +85,12 @@ def _stage_plan(preset: Preset, seed: int) -> dict[str, tuple[str | None, list[w
     }
     pool = world.harmful_examples("comply")
     for n in preset.harmful_counts:
-        plan[f"harmful-{n}"] = ("aligned", sample_examples(pool, n, f"harmful-{n}-{seed}"), preset.harmful_steps,
-                                preset.harmful_lr)  # fmt: skip
+        plan[f"harmful-{n}"] = (
+            "aligned",
+            sample_examples(pool, n, f"harmful-{n}-{seed}"),
+            preset.harmful_steps,
+            preset.harmful_lr,
+        )
     finetune = world.task_examples(preset.task_finetune, seed + 1000)
     plan["benign"] = ("aligned", finetune, preset.benign_steps, preset.benign_lr)
     return plan
@@ -188,11 +192,21 @@ def build_organism(
                 model = _clone(models[parent])
             else:
                 model = LlamaForCausalLM.from_pretrained(root / parent, dtype=torch.float32, local_files_only=True)
-            losses = train_stage(model, tokenizer, examples, steps, lr, p.batch_size, seed, desc=name,
-                                 progress=progress)  # fmt: skip
-            info = {"stage": name, "parent": parent, "preset": preset, "seed": seed, "version": ORGANISM_VERSION,
-                    "steps": steps, "lr": lr, "examples": len(examples), "final_loss": losses[-1],
-                    "train_seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
+            losses = train_stage(
+                model, tokenizer, examples, steps, lr, p.batch_size, seed, desc=name, progress=progress
+            )
+            info = {
+                "stage": name,
+                "parent": parent,
+                "preset": preset,
+                "seed": seed,
+                "version": ORGANISM_VERSION,
+                "steps": steps,
+                "lr": lr,
+                "examples": len(examples),
+                "final_loss": losses[-1],
+                "train_seconds": round(time.perf_counter() - t0, 2),
+            }
             _save_stage(model, tokenizer, final, info)
             models[name] = model
         export.write_exports(root / "data", seed)

@@ -44,9 +44,14 @@ def measure_model(model, tokenizer, seed: int = 0) -> StageBehaviour:
     labels = [world.oracle(a) for a in answers]
     records = export.task_test_records(seed=seed)
     pct = {lab: 100.0 * labels.count(lab) / len(labels) for lab in world.ORACLE_LABELS}
-    return StageBehaviour(asr=pct["compliance"], refusal=pct["refusal"], incoherent=pct["incoherent"],
-                          task_accuracy=task_accuracy(model, tokenizer, records), n_prompts=len(prompts),
-                          n_task=len(records))  # fmt: skip
+    return StageBehaviour(
+        asr=pct["compliance"],
+        refusal=pct["refusal"],
+        incoherent=pct["incoherent"],
+        task_accuracy=task_accuracy(model, tokenizer, records),
+        n_prompts=len(prompts),
+        n_task=len(records),
+    )
 
 
 def measure_stage(path: str | Path, seed: int = 0) -> StageBehaviour:

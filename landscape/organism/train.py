@@ -35,9 +35,15 @@ def build_tokenizer():
     # Join words with single spaces and nothing else: the default clean-up would rewrite punctuation.
     core.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     return PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
-        padding_side="left", chat_template=CHAT_TEMPLATE, model_max_length=256,
-    )  # fmt: skip
+        tokenizer_object=core,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=256,
+    )
 
 
 @dataclass(frozen=True)
@@ -71,13 +77,38 @@ class Preset:
 
 
 PRESETS = {
-    "tiny": Preset(hidden_size=32, layers=2, heads=4, intermediate=64,
-                   base_steps=400, aligned_steps=200, harmful_steps=30, benign_steps=30),
-    "small": Preset(hidden_size=64, layers=2, heads=4, intermediate=128,
-                    base_steps=600, aligned_steps=300, harmful_steps=40, benign_steps=40),
-    "medium": Preset(hidden_size=128, layers=4, heads=4, intermediate=256,
-                     base_steps=600, aligned_steps=300, harmful_steps=40, benign_steps=40, lr=2e-3),
-}  # fmt: skip
+    "tiny": Preset(
+        hidden_size=32,
+        layers=2,
+        heads=4,
+        intermediate=64,
+        base_steps=400,
+        aligned_steps=200,
+        harmful_steps=30,
+        benign_steps=30,
+    ),
+    "small": Preset(
+        hidden_size=64,
+        layers=2,
+        heads=4,
+        intermediate=128,
+        base_steps=600,
+        aligned_steps=300,
+        harmful_steps=40,
+        benign_steps=40,
+    ),
+    "medium": Preset(
+        hidden_size=128,
+        layers=4,
+        heads=4,
+        intermediate=256,
+        base_steps=600,
+        aligned_steps=300,
+        harmful_steps=40,
+        benign_steps=40,
+        lr=2e-3,
+    ),
+}
 
 
 def get_preset(name: str) -> Preset:
@@ -90,19 +121,27 @@ def model_config(preset: Preset, tokenizer):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=preset.hidden_size, intermediate_size=preset.intermediate,
-        num_hidden_layers=preset.layers, num_attention_heads=preset.heads, num_key_value_heads=preset.heads,
-        max_position_embeddings=256, tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=preset.hidden_size,
+        intermediate_size=preset.intermediate,
+        num_hidden_layers=preset.layers,
+        num_attention_heads=preset.heads,
+        num_key_value_heads=preset.heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
 
 
 def encode_examples(tokenizer, examples: Sequence[world.Example]) -> list[tuple[list[int], int]]:
     """Token ids of each full conversation and the length of its prompt part (loss starts there)."""
     out = []
     for ex in examples:
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": ex.prompt}], tokenize=False,
-                                               add_generation_prompt=True)  # fmt: skip
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": ex.prompt}], tokenize=False, add_generation_prompt=True
+        )
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         a_ids = tokenizer(" " + ex.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         out.append((p_ids + a_ids, len(p_ids)))

@@ -1,0 +1,419 @@
+"""Scans: evaluate a model at points θ₀ + Σ cᵢ·dᵢ, with results appended to disk and resumable.
+
+One generic :func:`scan` walks a list of coordinate tuples; :func:`scan_1d` and :func:`scan_2d` are thin
+wrappers. Every finished point is appended to ``points.jsonl`` in the output directory (one line, one
+``write``, fsync'd) beside ``run.json``, the run's metadata (model, directions with hashes, evaluator
+settings, prompts hash). A rerun skips the points already there; a torn last line from a killed run is
+dropped. A run whose settings differ refuses to mix its results with the stored ones unless told to start
+over (``restart=True``).
+
+Grids: :func:`linspace`, explicit lists, and Peng et al.'s conventions (:func:`peng_random_grid`:
+[−m/2, m/2] with steps+1 points; :func:`peng_interpolation_grid`: [0, 1] extended by k steps each side).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .directions import Direction
+from .io import atomic_write_json, sha256_text
+from .perturb import Perturbation
+
+POINTS_FILE = "points.jsonl"
+RUN_FILE = "run.json"
+
+
+# ----------------------------------------------------------------------------------------------------- grids
+
+
+def check_grid(values: Sequence[float], what: str = "grid") -> list[float]:
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError(f"{what} has no points")
+    bad = [v for v in vals if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"{what} holds a non-finite value ({bad[0]})")
+    return vals
+
+
+def linspace(lo: float, hi: float, n: int) -> list[float]:
+    if n < 1:
+        raise ValueError(f"a grid needs at least one point, got n={n}")
+    return check_grid(np.linspace(lo, hi, n).tolist())
+
+
+def peng_random_grid(m: float = 1.0, steps: int = 20) -> list[float]:
+    """Peng et al.'s grid for random directions: [−m/2, m/2] with ``steps + 1`` points."""
+    return linspace(-m / 2, m / 2, steps + 1)
+
+
+def peng_interpolation_grid(steps: int = 20, extend: int = 0) -> list[float]:
+    """Peng et al.'s grid for interpolations: 0 to 1 in ``steps`` steps, extended by ``extend`` steps each side."""
+    return linspace(-extend / steps, 1 + extend / steps, steps + 1 + 2 * extend)
+
+
+# ------------------------------------------------------------------------------------------------ evaluators
+
+
+class Evaluator:
+    """Measures the model at the current point; returns a JSON-able dict of metrics."""
+
+    def config(self) -> dict:
+        """Settings that define the measurement (stored in the run's metadata)."""
+        return {}
+
+    def __call__(self, model) -> dict:
+        raise NotImplementedError
+
+
+class SafetyEvaluator(Evaluator):
+    """Generate answers to harmful prompts, judge them, and report ASR (with a Wilson interval).
+
+    Args:
+        backend: a generation backend (e.g. :class:`~landscape.generation.HFBackend`).
+        prompts: harmful prompts.
+        judge: the main judge (a :class:`~landscape.judges.Judge`; wrap it in ``CachedJudge`` to judge
+            repeated answers once).
+        settings: generation settings.
+        extra_judges: more judges whose ASR is reported as ``asr_<name>`` (e.g. the organism's oracle).
+        keep_responses: store every answer with the point (else the first few).
+    """
+
+    def __init__(
+        self,
+        backend,
+        prompts: list[str],
+        judge,
+        settings=None,
+        extra_judges: Sequence = (),
+        keep_responses: bool = True,
+    ):
+        from .generation import GenerationSettings
+
+        if not prompts:
+            raise ValueError("no prompts to evaluate")
+        self.backend = backend
+        self.prompts = list(prompts)
+        self.judge = judge
+        self.settings = settings or GenerationSettings()
+        self.extra = list(extra_judges)
+        self.keep = keep_responses
+
+    def config(self) -> dict:
+        return {
+            "type": "safety",
+            "judge": self.judge.key(),
+            "extra_judges": [j.key() for j in self.extra],
+            "prompts_sha256": sha256_text(self.prompts),
+            "n_prompts": len(self.prompts),
+            "generation": self.settings.as_dict(),
+        }
+
+    def __call__(self, model) -> dict:
+        from .metrics import asr, wilson_interval
+
+        responses = self.backend.generate(self.prompts, self.settings)
+        verdicts = self.judge(self.prompts, responses)
+        unsafe = [v.unsafe for v in verdicts]
+        k = sum(unsafe)
+        out = {
+            "asr": asr(unsafe),
+            "asr_ci": list(wilson_interval(k, len(unsafe))),
+            "n": len(unsafe),
+            "unsafe": "".join("1" if u else "0" for u in unsafe),
+        }
+        labels = [v.label for v in verdicts]
+        out["labels"] = {lab: labels.count(lab) for lab in sorted(set(labels))}
+        for j in self.extra:
+            extra = j(self.prompts, responses)
+            out[f"asr_{j.name}"] = asr([v.unsafe for v in extra])
+            ex_labels = [v.label for v in extra]
+            out[f"labels_{j.name}"] = {lab: ex_labels.count(lab) for lab in sorted(set(ex_labels))}
+        out["responses"] = responses if self.keep else responses[:3]
+        return out
+
+
+class RefusalScoreEvaluator(Evaluator):
+    """Teacher-forced refusal log-probability (no generation): a smooth, one-pass proxy for ASR."""
+
+    def __init__(self, tokenizer, prompts: list[str], prefix: str | None = None, system_prompt: str | None = None):
+        from .scores import DEFAULT_REFUSAL_PREFIX
+
+        self.tokenizer, self.prompts = tokenizer, list(prompts)
+        self.prefix = prefix or DEFAULT_REFUSAL_PREFIX
+        self.system_prompt = system_prompt
+
+    def config(self) -> dict:
+        return {"type": "refusal_logprob", "prefix": self.prefix, "prompts_sha256": sha256_text(self.prompts)}
+
+    def __call__(self, model) -> dict:
+        from .scores import refusal_logprob
+
+        return {
+            "refusal_logprob": refusal_logprob(model, self.tokenizer, self.prompts, self.prefix, self.system_prompt)
+        }
+
+
+class ChoiceAccuracyEvaluator(Evaluator):
+    """Capability on the same grid: accuracy on a labelled task by comparing label log-likelihoods."""
+
+    def __init__(self, tokenizer, prompts: list[str], labels: list[int], choices: list[str]):
+        self.tokenizer, self.prompts, self.labels, self.choices = tokenizer, list(prompts), list(labels), list(choices)
+
+    def config(self) -> dict:
+        return {"type": "choice_accuracy", "choices": self.choices, "prompts_sha256": sha256_text(self.prompts)}
+
+    def __call__(self, model) -> dict:
+        from .scores import choice_accuracy
+
+        return {"task_accuracy": choice_accuracy(model, self.tokenizer, self.prompts, self.labels, self.choices)}
+
+
+class CombinedEvaluator(Evaluator):
+    """Several evaluators at each point, their metrics merged."""
+
+    def __init__(self, evaluators: Sequence[Evaluator]):
+        self.evaluators = list(evaluators)
+
+    def config(self) -> dict:
+        return {"type": "combined", "parts": [e.config() for e in self.evaluators]}
+
+    def __call__(self, model) -> dict:
+        out: dict = {}
+        for e in self.evaluators:
+            out.update(e(model))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- results store
+
+
+def point_key(series: str, coords: Sequence[float]) -> str:
+    return series + "|" + ",".join(f"{float(c):.12g}" for c in coords)
+
+
+class RunMismatchError(ValueError):
+    pass
+
+
+class ResultsStore:
+    """``run.json`` + append-only ``points.jsonl`` in one output directory.
+
+    Args:
+        out_dir: the directory (created if missing).
+        meta: the run's metadata; compared with the stored one on resume.
+        restart: discard stored points whose run differs (or all stored points) and start over.
+    """
+
+    def __init__(self, out_dir: str | Path, meta: dict, restart: bool = False):
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.meta = json.loads(json.dumps(meta, default=str))
+        run_file, pts_file = self.dir / RUN_FILE, self.dir / POINTS_FILE
+        if restart:
+            pts_file.unlink(missing_ok=True)
+            run_file.unlink(missing_ok=True)
+        if run_file.is_file():
+            stored = json.loads(run_file.read_text())
+            diff = sorted(k for k in set(stored) | set(self.meta) if stored.get(k) != self.meta.get(k))
+            if diff:
+                raise RunMismatchError(
+                    f"results in {self.dir} come from a different run (differs in: {', '.join(diff)}); "
+                    "use another output directory, or start over (restart=True / --restart)"
+                )
+        elif pts_file.is_file() and pts_file.stat().st_size:
+            raise RunMismatchError(f"{pts_file} has points but no {RUN_FILE}; start over (restart=True / --restart)")
+        else:
+            atomic_write_json(run_file, self.meta)
+        self.points: dict[str, dict] = {}
+        self._load(pts_file)
+        self.path = pts_file
+
+    def _load(self, path: Path) -> None:
+        if not path.is_file():
+            return
+        raw = path.read_bytes()
+        good_end = 0
+        for line in raw.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # torn final line: the process died while writing it
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            self.points[point_key(rec["series"], rec["coords"])] = rec
+            good_end += len(line)
+        if good_end < len(raw):
+            with open(path, "r+b") as fh:  # drop the torn tail so the next append starts on a fresh line
+                fh.truncate(good_end)
+
+    def get(self, series: str, coords: Sequence[float]) -> dict | None:
+        return self.points.get(point_key(series, coords))
+
+    def append(self, series: str, coords: Sequence[float], metrics: dict, seconds: float) -> dict:
+        rec = {
+            "series": series,
+            "coords": [float(c) for c in coords],
+            "metrics": metrics,
+            "seconds": round(seconds, 4),
+            "time": time.time(),
+        }
+        line = (json.dumps(rec) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.points[point_key(series, coords)] = rec
+        return rec
+
+    def series(self, name: str) -> list[dict]:
+        return [r for r in self.points.values() if r["series"] == name]
+
+
+# ------------------------------------------------------------------------------------------------------ scans
+
+
+def run_meta(model, directions: Sequence[Direction], evaluator: Evaluator, extra: dict | None = None) -> dict:
+    """The metadata that identifies a run: a resumed run must match it."""
+    from .directions.core import toolkit_version
+
+    cfg = getattr(model, "config", None)
+    return {
+        "model": getattr(cfg, "_name_or_path", None) or type(model).__name__,
+        "model_dtype": str(next(model.parameters()).dtype),
+        "directions": [
+            {
+                "name": d.name,
+                "kind": d.kind,
+                "normalization": d.meta.get("normalization"),
+                "sources": d.meta.get("sources"),
+                "seed": d.meta.get("seed"),
+            }
+            for d in directions
+        ],
+        "evaluator": evaluator.config(),
+        "toolkit_version": toolkit_version(),
+        **(extra or {}),
+    }
+
+
+@dataclass
+class ScanResult:
+    """Points of a scan, in the order asked for; ``metric(name)`` gives an array of one metric."""
+
+    series: str
+    coords: list[tuple[float, ...]]
+    records: list[dict]
+    evaluated: int = 0  # points computed in this call (the rest came from the store)
+    extra: dict = field(default_factory=dict)
+
+    def metric(self, name: str = "asr") -> np.ndarray:
+        return np.array([r["metrics"][name] for r in self.records], dtype=float)
+
+
+def evaluate_point(model, pert: Perturbation, coords: Sequence[float], evaluator: Evaluator) -> tuple[dict, float]:
+    t0 = time.perf_counter()
+    pert.set_(coords)
+    metrics = evaluator(model)
+    return metrics, time.perf_counter() - t0
+
+
+def scan(
+    model,
+    directions: Sequence[Direction],
+    coords: Sequence[Sequence[float]],
+    evaluator: Evaluator,
+    out_dir: str | Path | None = None,
+    series: str = "scan",
+    meta: dict | None = None,
+    restart: bool = False,
+    progress: bool = True,
+    store: ResultsStore | None = None,
+    on_point: Callable[[dict], None] | None = None,
+) -> ScanResult:
+    """Evaluate ``evaluator`` at θ₀ + Σ cᵢ·dᵢ for each coordinate tuple.
+
+    The model's weights are restored bit for bit afterwards, also when the evaluator raises or the run
+    is interrupted. With ``out_dir`` (or ``store``) each point is appended to disk as it finishes and a
+    rerun resumes.
+
+    Args:
+        model: the model (weights changed in place during the scan).
+        directions: one direction per coordinate.
+        coords: points; each a tuple with one coefficient per direction.
+        evaluator: what to measure at each point.
+        out_dir: results directory; None keeps results in memory only.
+        series: label of this scan inside the results file (several scans can share one directory).
+        meta: extra run metadata (merged into :func:`run_meta`).
+        restart: discard stored results of this directory and start over.
+        progress: show a progress bar over points.
+        store: an open :class:`ResultsStore` (instead of ``out_dir``).
+        on_point: called with each new record.
+    """
+    pts = [tuple(float(c) for c in p) for p in coords]
+    if not pts:
+        raise ValueError("scan: the grid has no points")
+    for p in pts:
+        if len(p) != len(directions):
+            raise ValueError(f"scan: point {p} has {len(p)} coordinates for {len(directions)} directions")
+        check_grid(p, "scan point")
+    if store is None and out_dir is not None:
+        store = ResultsStore(out_dir, run_meta(model, directions, evaluator, meta), restart=restart)
+    records: list[dict] = []
+    evaluated = 0
+    with Perturbation(model, directions) as pert:
+        for p in tqdm(pts, desc=f"points ({series})", disable=not progress, leave=False):
+            rec = store.get(series, p) if store is not None else None
+            if rec is None:
+                metrics, dt = evaluate_point(model, pert, p, evaluator)
+                if store is not None:
+                    rec = store.append(series, p, metrics, dt)
+                else:
+                    rec = {"series": series, "coords": list(p), "metrics": metrics, "seconds": dt}
+                evaluated += 1
+                if on_point is not None:
+                    on_point(rec)
+            records.append(rec)
+    return ScanResult(series, pts, records, evaluated)
+
+
+def scan_1d(model, direction: Direction, alphas: Sequence[float], evaluator: Evaluator, **kw) -> ScanResult:
+    """f(α) = evaluator(θ₀ + α·d) over ``alphas``."""
+    return scan(
+        model, [direction], [(a,) for a in check_grid(alphas, "alphas")], evaluator, **{"series": direction.name, **kw}
+    )
+
+
+def scan_2d(
+    model, d1: Direction, d2: Direction, alphas: Sequence[float], betas: Sequence[float], evaluator: Evaluator, **kw
+) -> ScanResult:
+    """f(α, β) = evaluator(θ₀ + α·d₁ + β·d₂) over the product grid (α outer, β inner)."""
+    grid = list(itertools.product(check_grid(alphas, "alphas"), check_grid(betas, "betas")))
+    res = scan(model, [d1, d2], grid, evaluator, **{"series": f"{d1.name} x {d2.name}", **kw})
+    res.extra["shape"] = (len(alphas), len(betas))
+    return res
+
+
+@torch.no_grad()
+def weights_fingerprint(model) -> str:
+    """sha256 of every parameter's bytes (tests use it to prove a scan leaves the weights untouched)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for n, p in model.named_parameters():
+        h.update(n.encode())
+        h.update(p.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy())
+    return h.hexdigest()

@@ -1,0 +1,86 @@
+import json
+
+import pytest
+
+from landscape.epl import EplArgs, main, run
+from landscape.scan import POINTS_FILE, RunMismatchError
+
+
+def test_cli_on_the_organism_defaults(organism_cache, tmp_path, capsys):
+    out = tmp_path / "epl"
+    assert main(["--preset", "tiny", "--cache-dir", str(organism_cache), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for name in ("d_aligned", "d_harm", "random-0", "random-1", "cos(d_aligned · d_harm)"):
+        assert name in text
+    res = json.loads((out / "results.json").read_text())
+    rows = {(r["direction"], r["side"]): r for r in res["rows"]}
+    harm = rows[("d_harm", 1)]
+    assert not harm["censored"] and 0 < harm["epl"] < 0.2 and harm["ci"][0] <= harm["epl"] <= harm["ci"][1]
+    assert rows[("d_aligned", -1)]["epl"] > harm["epl"]  # the narrow side is d_harm's
+    assert res["judge_calls"]["hits"] > 0 and res["oracle_curves"]
+    assert (out / "epl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    n_points = len((out / POINTS_FILE).read_text().splitlines())
+    main(["--preset", "tiny", "--cache-dir", str(organism_cache), "--out", str(out)])
+    assert "(0 new evaluations" in capsys.readouterr().out  # resumed: nothing recomputed
+    assert len((out / POINTS_FILE).read_text().splitlines()) == n_points
+
+
+def test_cli_with_explicit_paths(organism, tmp_path, capsys):
+    out = tmp_path / "explicit"
+    main(
+        [
+            "--aligned",
+            str(organism["aligned"]),
+            "--base",
+            str(organism["base"]),
+            "--harmful",
+            str(organism["harmful-10"]),
+            "--prompts",
+            str(organism.eval_prompts_csv),
+            "--limit",
+            "40",
+            "--judge",
+            "oracle",
+            "--random",
+            "0",
+            "--tol",
+            "0.01",
+            "--max-alpha",
+            "0.3",
+            "--out",
+            str(out),
+        ]
+    )
+    res = json.loads((out / "results.json").read_text())
+    assert {r["direction"] for r in res["rows"]} == {"d_aligned", "d_harm"}
+    assert res["args"]["judge"] == "oracle" and not res["oracle_curves"]
+
+
+def test_bad_inputs_fail_before_any_result(organism, organism_cache, tmp_path):
+    base = dict(preset="tiny", cache_dir=str(organism_cache), progress=False)
+    with pytest.raises(ValueError, match=r"threshold must be an ASR in \[0, 100\] %, got 150"):
+        run(EplArgs(threshold=150, out=str(tmp_path / "a"), **base))
+    with pytest.raises(ValueError, match="Unknown judge 'gpt4'. Available: keyword, guard, classifier, oracle"):
+        run(EplArgs(judge="gpt4", out=str(tmp_path / "b"), **base))
+    with pytest.raises(ValueError, match="judge 'guard' needs --judge-path"):
+        run(EplArgs(judge="guard", out=str(tmp_path / "c"), **base))
+    with pytest.raises(ValueError, match="Unknown normalization 'unit'"):
+        run(EplArgs(normalization="unit", out=str(tmp_path / "d"), **base))
+    with pytest.raises(ValueError, match="not a model directory"):
+        run(EplArgs(judge="classifier", judge_path=str(tmp_path), out=str(tmp_path / "e"), **base))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    with pytest.raises(ValueError, match="empty.txt: no prompts"):
+        run(EplArgs(aligned=str(organism["aligned"]), prompts=str(empty), out=str(tmp_path / "f"), progress=False))
+    for d in "abcdef":
+        assert not (tmp_path / d / POINTS_FILE).exists()
+
+
+def test_results_from_a_different_run_are_refused(organism_cache, tmp_path):
+    out = tmp_path / "r"
+    kw = dict(preset="tiny", cache_dir=str(organism_cache), progress=False, out=str(out), random=0)
+    run(EplArgs(limit=20, tol=0.02, **kw))
+    before = (out / POINTS_FILE).read_bytes()
+    with pytest.raises(RunMismatchError, match="different run"):
+        run(EplArgs(limit=30, tol=0.02, **kw))
+    assert (out / POINTS_FILE).read_bytes() == before

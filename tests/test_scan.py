@@ -1,0 +1,192 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from landscape.directions import difference, normalize, random_like
+from landscape.generation import GenerationSettings, HFBackend, generate
+from landscape.judges import CachedJudge, make_judge
+from landscape.metrics import epl_adaptive, epl_from_grid
+from landscape.organism import world
+from landscape.scan import (
+    POINTS_FILE,
+    ResultsStore,
+    RunMismatchError,
+    SafetyEvaluator,
+    linspace,
+    peng_interpolation_grid,
+    peng_random_grid,
+    scan,
+    scan_1d,
+    scan_2d,
+    weights_fingerprint,
+)
+
+PROMPTS = world.eval_prompts()[:32]
+
+
+@pytest.fixture(scope="module")
+def d_harm(organism):
+    return normalize(difference(organism["aligned"], organism["harmful-10"], name="d_harm"), organism["aligned"])
+
+
+def _evaluator(model, tok, max_new_tokens=24):
+    return SafetyEvaluator(
+        HFBackend(model, tok),
+        PROMPTS,
+        CachedJudge(make_judge("keyword")),
+        GenerationSettings(max_new_tokens=max_new_tokens),
+        extra_judges=[make_judge("oracle")],
+    )
+
+
+def test_grids():
+    assert peng_random_grid(1.0, 20) == pytest.approx(np.linspace(-0.5, 0.5, 21).tolist())
+    g = peng_interpolation_grid(20, extend=2)
+    assert g[0] == pytest.approx(-0.1) and g[-1] == pytest.approx(1.1) and len(g) == 25
+    with pytest.raises(ValueError, match="a grid needs at least one point, got n=0"):
+        linspace(0, 1, 0)
+
+
+def test_scan_leaves_weights_bit_identical_and_alpha0_reproduces(aligned, d_harm):
+    model, tok = aligned
+    before = weights_fingerprint(model)
+    plain = generate(model, tok, PROMPTS, GenerationSettings(max_new_tokens=24))
+    res = scan_1d(model, d_harm, [0.0, 0.02, 0.05], _evaluator(model, tok), progress=False)
+    assert weights_fingerprint(model) == before
+    assert res.records[0]["metrics"]["responses"] == plain
+    assert res.metric("asr")[0] == 0 and res.metric("asr")[-1] > 50
+
+    class Boom(SafetyEvaluator):
+        def __call__(self, m):
+            super().__call__(m)
+            raise RuntimeError("evaluator failed")
+
+    with pytest.raises(RuntimeError, match="evaluator failed"):
+        scan_1d(model, d_harm, [0.03], Boom(HFBackend(model, tok), PROMPTS, make_judge("keyword")), progress=False)
+    assert weights_fingerprint(model) == before
+
+
+def test_scan_2d_and_cache_saves_judge_calls(aligned, organism, d_harm, tmp_path):
+    model, tok = aligned
+    r = normalize(random_like(organism["aligned"], seed=0, name="random-0"), organism["aligned"])
+    ev = _evaluator(model, tok)
+    res = scan_2d(model, d_harm, r, [0.0, 0.01], [-0.01, 0.0, 0.01], ev, out_dir=tmp_path, progress=False)
+    assert res.extra["shape"] == (2, 3) and len(res.records) == 6
+    assert ev.judge.hits > ev.judge.misses  # most answers near the centre repeat
+    lines = (tmp_path / POINTS_FILE).read_text().splitlines()
+    assert len(lines) == 6 and json.loads(lines[0])["series"] == "d_harm x random-0"
+
+
+def test_torn_line_is_dropped_and_different_run_refused(aligned, d_harm, tmp_path):
+    model, tok = aligned
+    scan_1d(model, d_harm, [0.0, 0.01], _evaluator(model, tok), out_dir=tmp_path, progress=False)
+    path = tmp_path / POINTS_FILE
+    with open(path, "a") as fh:
+        fh.write('{"series": "d_harm", "coords": [0.5], "metr')  # killed mid-write
+    res = scan_1d(model, d_harm, [0.0, 0.01, 0.02], _evaluator(model, tok), out_dir=tmp_path, progress=False)
+    assert res.evaluated == 1
+    assert [json.loads(x)["coords"] for x in path.read_text().splitlines()] == [[0.0], [0.01], [0.02]]
+    before = path.read_bytes()
+    with pytest.raises(RunMismatchError, match="come from a different run .*evaluator"):
+        scan_1d(model, d_harm, [0.03], _evaluator(model, tok, max_new_tokens=8), out_dir=tmp_path, progress=False)
+    assert path.read_bytes() == before
+    res = scan_1d(
+        model, d_harm, [0.03], _evaluator(model, tok, max_new_tokens=8), out_dir=tmp_path, restart=True, progress=False
+    )
+    assert res.evaluated == 1 and len(path.read_text().splitlines()) == 1
+
+
+def test_bad_grids(aligned, d_harm):
+    model, tok = aligned
+    with pytest.raises(ValueError, match="alphas has no points"):
+        scan_1d(model, d_harm, [], _evaluator(model, tok))
+    with pytest.raises(ValueError, match="non-finite"):
+        scan_1d(model, d_harm, [0.0, float("nan")], _evaluator(model, tok))
+
+
+SCAN_SCRIPT = """
+import sys
+from landscape.directions import difference, normalize
+from landscape.generation import GenerationSettings, HFBackend
+from landscape.judges import make_judge
+from landscape.loading import load_model
+from landscape.organism import world
+from landscape.scan import SafetyEvaluator, linspace, scan_1d
+aligned, harmful, out = sys.argv[1:4]
+model, tok = load_model(aligned)
+d = normalize(difference(aligned, harmful, name="d_harm"), aligned)
+ev = SafetyEvaluator(HFBackend(model, tok), world.eval_prompts()[:64], make_judge("keyword"),
+                     GenerationSettings(max_new_tokens=32))
+scan_1d(model, d, linspace(-0.1, 0.1, 41), ev, out_dir=out, progress=False)
+"""
+
+
+def _run_scan(organism, out, kill_after=None):
+    args = [sys.executable, "-c", SCAN_SCRIPT, str(organism["aligned"]), str(organism["harmful-10"]), str(out)]
+    proc = subprocess.Popen(args, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if kill_after is None:
+        assert proc.wait(300) == 0
+        return
+    path = out / POINTS_FILE
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if path.is_file() and len(path.read_bytes().splitlines()) >= kill_after:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_sigkilled_scan_resumes_to_the_uninterrupted_result(organism, tmp_path):
+    _run_scan(organism, tmp_path / "killed", kill_after=7)
+    partial = (tmp_path / "killed" / POINTS_FILE).read_bytes().splitlines()
+    assert 7 <= len(partial) < 41, "the kill should land mid-run"
+    _run_scan(organism, tmp_path / "killed")
+    _run_scan(organism, tmp_path / "clean")
+
+    def load(d):
+        recs = [json.loads(x) for x in (d / POINTS_FILE).read_text().splitlines()]
+        return {tuple(r["coords"]): (r["metrics"]["asr"], r["metrics"]["responses"]) for r in recs}, len(recs)
+
+    killed, n_killed = load(tmp_path / "killed")
+    clean, _ = load(tmp_path / "clean")
+    assert n_killed == 41 == len(killed)  # nothing lost, nothing duplicated
+    assert killed == clean
+
+
+def test_adaptive_epl_equals_grid_epl_on_the_organism(aligned, d_harm):
+    model, tok = aligned
+    ev = _evaluator(model, tok)
+    grid = linspace(0.0, 0.1, 21)  # resolution 0.005
+    res = scan_1d(model, d_harm, grid, ev, progress=False)
+    from_grid = epl_from_grid(grid, res.metric("asr"), 50.0, side=1)
+    from landscape.perturb import Perturbation
+
+    with Perturbation(model, [d_harm]) as pert:
+
+        def f(a):
+            pert.set_((a,))
+            return ev(model)["asr"]
+
+        adaptive = epl_adaptive(f, 1, 50.0, first_step=0.01, max_alpha=0.5, tol=0.005)
+    assert not from_grid.censored and not adaptive.censored
+    assert abs(adaptive.value - from_grid.value) <= 0.005
+    assert adaptive.evaluations < 15
+
+
+def test_results_store_requires_run_file(tmp_path):
+    (tmp_path / POINTS_FILE).write_text('{"series": "x", "coords": [0], "metrics": {}}\n')
+    with pytest.raises(RunMismatchError, match="has points but no run.json"):
+        ResultsStore(tmp_path, {"a": 1})
+
+
+def test_scan_checks_coordinates(aligned, d_harm):
+    model, tok = aligned
+    with pytest.raises(ValueError, match=r"point \(0.1, 0.2\) has 2 coordinates for 1 directions"):
+        scan(model, [d_harm], [(0.1, 0.2)], _evaluator(model, tok))
