@@ -88,3 +88,287 @@ def plot_1d(
         if title:
             ax.set_title(title)
     return fig
+
+
+# ------------------------------------------------------------------------------------------ from scan results
+
+
+def curve_from_records(name: str, records: Sequence[dict], metric: str = "asr", extra: Sequence[str] = ()) -> Curve:
+    """A :class:`Curve` from 1D scan records (``{"coords": [α], "metrics": {...}}``), with Wilson bands."""
+    recs = sorted(records, key=lambda r: r["coords"][0])
+    alphas = [r["coords"][0] for r in recs]
+    ci = [r["metrics"].get(f"{metric}_ci") for r in recs]
+    lo = [c[0] for c in ci] if all(c is not None for c in ci) else None
+    hi = [c[1] for c in ci] if all(c is not None for c in ci) else None
+    more = {m.removeprefix("asr_"): [r["metrics"][m] for r in recs] for m in extra if m in recs[0]["metrics"]}
+    return Curve(name, alphas, [r["metrics"][metric] for r in recs], lo, hi, extra=more)
+
+
+def grid_from_records(records: Sequence[dict], metric: str = "asr"):
+    """(alphas, betas, Z) from 2D scan records; Z[i, j] is the metric at (alphas[j], betas[i]) (NaN where missing)."""
+    alphas = sorted({r["coords"][0] for r in records})
+    betas = sorted({r["coords"][1] for r in records})
+    ia = {a: j for j, a in enumerate(alphas)}
+    ib = {b: i for i, b in enumerate(betas)}
+    z = np.full((len(betas), len(alphas)), np.nan)
+    for r in records:
+        z[ib[r["coords"][1]], ia[r["coords"][0]]] = r["metrics"][metric]
+    return np.array(alphas), np.array(betas), z
+
+
+# ------------------------------------------------------------------------------------------------------ 2D
+
+
+def plot_2d(
+    alphas,
+    betas,
+    z,
+    xname: str,
+    yname: str,
+    threshold: float | None = 50.0,
+    title: str | None = None,
+    surface: bool = True,
+    zlabel: str = "ASR (%)",
+):
+    """Filled contour with the basin boundary (the threshold contour) and, beside it, a 3D surface.
+
+    Grids may be non-uniform (refined near a narrow edge). The aligned model sits at (0, 0) and is marked.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    a, b, z = np.asarray(alphas, float), np.asarray(betas, float), np.asarray(z, float)
+    with plt.rc_context(PAPER_RC):
+        fig = plt.figure(figsize=(11.5 if surface else 6.0, 4.6), layout="constrained")
+        ax = fig.add_subplot(1, 2 if surface else 1, 1)
+        levels = np.linspace(0, 100, 11)
+        cf = ax.contourf(a, b, z, levels=levels, cmap="viridis", extend="neither")
+        if threshold is not None and np.nanmin(z) < threshold < np.nanmax(z):
+            cs = ax.contour(a, b, z, levels=[threshold], colors="white", linewidths=2.0)
+            ax.clabel(cs, fmt={threshold: f"{threshold:g}%"}, fontsize=9)
+        ax.plot([0], [0], marker="*", ms=14, color="#D55E00", mec="white", mew=1.0, ls="none", label="aligned model")
+        ax.set_xlabel(f"α along {xname}")
+        ax.set_ylabel(f"β along {yname}")
+        ax.legend(loc="upper right", frameon=True, framealpha=0.8)
+        fig.colorbar(cf, ax=ax, label=zlabel)
+        if surface:
+            ax3 = fig.add_subplot(1, 2, 2, projection="3d")
+            aa, bb = np.meshgrid(a, b)
+            ax3.plot_surface(
+                aa,
+                bb,
+                np.nan_to_num(z, nan=np.nanmax(z)),
+                cmap="viridis",
+                vmin=0,
+                vmax=100,
+                linewidth=0,
+                antialiased=True,
+            )
+            ax3.set_xlabel(xname, labelpad=6)
+            ax3.set_ylabel(yname, labelpad=6)
+            ax3.set_zlabel(zlabel, labelpad=4)
+            ax3.set_zlim(0, 100)
+            from matplotlib.ticker import MaxNLocator
+
+            ax3.xaxis.set_major_locator(MaxNLocator(5))
+            ax3.yaxis.set_major_locator(MaxNLocator(5))
+            ax3.view_init(elev=28, azim=-130)
+        if title:
+            fig.suptitle(title)
+    return fig
+
+
+def plot_cosines(
+    samples: Sequence[int],
+    cosines: Sequence[float],
+    null_low: float,
+    null_high: float,
+    null_abs_mean: float | None = None,
+    title: str | None = None,
+):
+    """Bar chart of cos(d_aligned, d_harm-N) against the random null's 95 % band (AsFT Table 1 analogue)."""
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context(PAPER_RC):
+        fig, ax = plt.subplots(figsize=(6.0, 3.8), layout="constrained")
+        x = np.arange(len(samples))
+        ax.bar(x, cosines, color=OKABE_ITO[1], width=0.6, label="cos(d_aligned, d_harm-N)")
+        ax.axhspan(null_low, null_high, color=OKABE_ITO[0], alpha=0.25, label="random null, 95% band")
+        if null_abs_mean is not None:
+            for s in (-1, 1):
+                ax.axhline(s * null_abs_mean, color=OKABE_ITO[0], lw=1, ls=":")
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_xticks(x, [str(s) for s in samples])
+        ax.set_xlabel("harmful fine-tuning samples N")
+        ax.set_ylabel("cosine similarity")
+        fig.legend(loc="outside lower center", ncols=2, frameon=False)
+        ax.grid(axis="y", alpha=0.3)
+        if title:
+            ax.set_title(title)
+    return fig
+
+
+def plot_epl_bars(
+    table: Mapping[str, Mapping[str, float]],
+    censored: Mapping[str, Mapping[str, bool]] | None = None,
+    title: str | None = None,
+):
+    """Grouped bars of EPL per direction (groups) and model (bars), log scale (AsFT Table 7 analogue).
+
+    Args:
+        table: model -> direction -> EPL.
+        censored: model -> direction -> True where no crossing was found (the bar is a lower bound, hatched).
+    """
+    import matplotlib.pyplot as plt
+
+    models = list(table)
+    directions = list(dict.fromkeys(d for m in models for d in table[m]))
+    with plt.rc_context(PAPER_RC):
+        fig, ax = plt.subplots(figsize=(8.0, 4.2), layout="constrained")
+        width = 0.8 / len(models)
+        x = np.arange(len(directions))
+        for i, m in enumerate(models):
+            vals = [table[m].get(d, np.nan) for d in directions]
+            hatch = [(censored or {}).get(m, {}).get(d, False) for d in directions]
+            bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, color=OKABE_ITO[i], label=m)
+            for bar, h in zip(bars, hatch, strict=True):
+                if h:
+                    bar.set_hatch("//")
+                    bar.set_edgecolor("white")
+        ax.set_yscale("log")
+        ax.set_xticks(x, directions, rotation=30, ha="right")
+        ax.set_ylabel("EPL (|α| before ASR > threshold)")
+        fig.legend(loc="outside right upper", frameon=False, title="model")
+        ax.grid(axis="y", alpha=0.3, which="both")
+        if title:
+            ax.set_title(title + ("  (hatched: lower bound)" if censored else ""))
+    return fig
+
+
+# -------------------------------------------------------------------------------------------------- plotly
+
+
+def plotly_1d(
+    curves: Sequence[Curve], threshold: float | None = None, samples: Mapping[str, Sequence[str]] | None = None
+):
+    """Interactive 1D landscape; hover shows α, ASR and (if given) a sample answer at each point."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, c in enumerate(curves):
+        order, a, y, lo, hi = _sorted(c)
+        color = OKABE_ITO[i % len(OKABE_ITO)]
+        text = [str(samples[c.name][k])[:160] for k in order] if samples and c.name in samples else None
+        if lo is not None and hi is not None:
+            fig.add_trace(
+                go.Scatter(
+                    x=np.concatenate([a, a[::-1]]),
+                    y=np.concatenate([hi, lo[::-1]]),
+                    fill="toself",
+                    line={"width": 0},
+                    fillcolor=color,
+                    opacity=0.2,
+                    hoverinfo="skip",
+                    showlegend=False,
+                    name=f"{c.name} CI",
+                )
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=a,
+                y=y,
+                mode="lines+markers",
+                name=c.name,
+                line={"color": color},
+                text=text,
+                hovertemplate="α=%{x:.4f}<br>ASR=%{y:.1f}%"
+                + ("<br>%{text}" if text else "")
+                + "<extra>"
+                + c.name
+                + "</extra>",
+            )
+        )
+    if threshold is not None:
+        fig.add_hline(y=threshold, line_dash="dash", line_color="gray")
+    fig.update_layout(xaxis_title="α", yaxis_title="ASR (%)", yaxis_range=[-3, 103], template="plotly_white")
+    return fig
+
+
+def plotly_2d(alphas, betas, z, xname: str, yname: str, samples=None, threshold: float | None = 50.0):
+    """Interactive 2D landscape (contour + surface tabs in one figure); hover shows α, β, ASR and a sample answer.
+
+    Args:
+        samples: optional 2D array (like ``z``) of answer strings shown on hover.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    a, b, z = np.asarray(alphas, float), np.asarray(betas, float), np.asarray(z, float)
+    text = None if samples is None else np.vectorize(lambda s: str(s)[:160])(np.asarray(samples, dtype=object))
+    hover = (
+        f"{xname} α=%{{x:.4f}}<br>{yname} β=%{{y:.4f}}<br>ASR=%{{z:.1f}}%"
+        + ("<br>%{text}" if text is not None else "")
+        + "<extra></extra>"
+    )
+    fig = make_subplots(
+        rows=1, cols=2, specs=[[{"type": "xy"}, {"type": "scene"}]], subplot_titles=("basin (contour)", "surface")
+    )
+    fig.add_trace(
+        go.Contour(
+            x=a,
+            y=b,
+            z=z,
+            text=text,
+            hovertemplate=hover,
+            colorscale="Viridis",
+            zmin=0,
+            zmax=100,
+            contours={"start": 0, "end": 100, "size": 10},
+            colorbar={"title": "ASR %"},
+        ),
+        1,
+        1,
+    )
+    if threshold is not None:
+        fig.add_trace(
+            go.Contour(
+                x=a,
+                y=b,
+                z=z,
+                contours={"start": threshold, "end": threshold, "coloring": "none"},
+                line={"color": "white", "width": 3},
+                showscale=False,
+                hoverinfo="skip",
+                name="threshold",
+            ),
+            1,
+            1,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[0],
+            y=[0],
+            mode="markers",
+            marker={"symbol": "star", "size": 14, "color": "#D55E00"},
+            name="aligned model",
+        ),
+        1,
+        1,
+    )
+    fig.add_trace(
+        go.Surface(
+            x=a, y=b, z=z, text=text, hovertemplate=hover, colorscale="Viridis", cmin=0, cmax=100, showscale=False
+        ),
+        1,
+        2,
+    )
+    fig.update_xaxes(title_text=f"α along {xname}", row=1, col=1)
+    fig.update_yaxes(title_text=f"β along {yname}", row=1, col=1)
+    fig.update_layout(
+        template="plotly_white",
+        scene={"xaxis_title": xname, "yaxis_title": yname, "zaxis_title": "ASR %"},
+        legend={"orientation": "h", "y": -0.15},
+    )
+    return fig

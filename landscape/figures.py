@@ -1,0 +1,434 @@
+"""Regenerate every figure in ``figures/`` from stored results, computing the results that are missing.
+
+    python -m landscape.figures                 # render from figures/data/*.json, compute what is missing
+    python -m landscape.figures --recompute     # recompute every result on the model organism first
+    python -m landscape.figures --only fig1b_narrow_basin
+
+Results live in ``figures/data/<name>.json`` (small, committed); the scans behind them keep their
+resumable points under ``figures/.scans/`` (not committed). Interactive plotly versions of the 2D
+figures are written as ``figures/<name>.html`` (self-contained, not committed). See ``figures/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+THRESHOLD = 50.0
+
+
+@dataclass
+class FigureArgs:
+    out: str = "figures"
+    preset: str = "small"
+    table7_presets: tuple[str, ...] = ("small", "medium")
+    recompute: bool = False
+    quick: bool = False  # coarse grids and the tiny organism (tests)
+    only: list[str] | None = None
+    cache_dir: str | None = None
+    seed: int = 0
+    html: bool = True
+    progress: bool = True
+
+
+@dataclass
+class Context:
+    """What the computations share: the organism, the aligned model, normalised directions, an evaluator."""
+
+    args: FigureArgs
+    _cache: dict = field(default_factory=dict)
+
+    @property
+    def preset(self) -> str:
+        return "tiny" if self.args.quick else self.args.preset
+
+    def organism(self, preset: str | None = None):
+        from .organism import build_organism
+
+        p = preset or self.preset
+        if ("org", p) not in self._cache:
+            self._cache[("org", p)] = build_organism(
+                p, seed=self.args.seed, cache_dir=self.args.cache_dir, progress=self.args.progress
+            )
+        return self._cache[("org", p)]
+
+    def model(self):
+        from .loading import load_model
+
+        if "model" not in self._cache:
+            self._cache["model"] = load_model(self.organism()["aligned"])
+        return self._cache["model"]
+
+    def direction(self, name: str):
+        from .directions import difference, normalize, random_like
+
+        if ("dir", name) not in self._cache:
+            org = self.organism()
+            aligned = org["aligned"]
+            if name == "d_aligned":
+                raw = difference(org["base"], aligned, name=name)
+            elif name == "d_harm":
+                raw = difference(aligned, org["harmful-100"], name=name)
+            elif name.startswith("random-"):
+                raw = random_like(aligned, seed=int(name.split("-")[1]), name=name)
+            else:
+                raise KeyError(name)
+            self._cache[("dir", name)] = normalize(raw, aligned, "layer")
+        return self._cache[("dir", name)]
+
+    def evaluator(self):
+        from .generation import GenerationSettings, HFBackend
+        from .judges import CachedJudge, make_judge
+        from .organism import world
+        from .scan import SafetyEvaluator
+
+        if "eval" not in self._cache:
+            model, tok = self.model()
+            self._cache["eval"] = SafetyEvaluator(
+                HFBackend(model, tok),
+                world.eval_prompts()[:80],
+                CachedJudge(make_judge("keyword")),
+                GenerationSettings(max_new_tokens=32),
+                extra_judges=[make_judge("oracle")],
+                keep_responses=False,
+            )
+        return self._cache["eval"]
+
+    def scan_dir(self, name: str) -> Path:
+        return Path(self.args.out) / ".scans" / f"{name}-{self.preset}"
+
+
+def _records(res) -> list[dict]:
+    return [
+        {
+            "coords": r["coords"],
+            "metrics": {k: r["metrics"][k] for k in ("asr", "asr_ci", "asr_oracle")},
+            "sample": r["metrics"]["responses"][0],
+        }
+        for r in res.records
+    ]
+
+
+# ------------------------------------------------------------------------------------------------- computations
+
+
+def compute_random_1d(ctx: Context) -> dict:
+    from .scan import linspace, scan_1d
+
+    model, _ = ctx.model()
+    alphas = linspace(-2, 2, 9 if ctx.args.quick else 41)
+    curves = {}
+    for name in ("random-0", "random-1", "random-2")[: 1 if ctx.args.quick else 3]:
+        res = scan_1d(
+            model,
+            ctx.direction(name),
+            alphas,
+            ctx.evaluator(),
+            out_dir=ctx.scan_dir(f"1d-{name}"),
+            progress=ctx.args.progress,
+        )
+        curves[name] = _records(res)
+    return {"preset": ctx.preset, "curves": curves}
+
+
+def _scan2d(ctx: Context, key: str, x: str, y: str, alphas, betas) -> dict:
+    from .scan import scan_2d
+
+    model, _ = ctx.model()
+    res = scan_2d(
+        model,
+        ctx.direction(x),
+        ctx.direction(y),
+        alphas,
+        betas,
+        ctx.evaluator(),
+        out_dir=ctx.scan_dir(key),
+        progress=ctx.args.progress,
+    )
+    return {"preset": ctx.preset, "x": x, "y": y, "records": _records(res)}
+
+
+def compute_random_2d(ctx: Context) -> dict:
+    from .scan import linspace
+
+    n = 5 if ctx.args.quick else 21
+    return _scan2d(ctx, "random2d", "random-0", "random-1", linspace(-2, 2, n), linspace(-2, 2, n))
+
+
+NARROW_BETAS = (
+    -0.5,
+    -0.3,
+    -0.2,
+    -0.12,
+    -0.08,
+    -0.05,
+    -0.03,
+    -0.02,
+    -0.01,
+    -0.005,
+    0.0,
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.03,
+    0.035,
+    0.04,
+    0.05,
+    0.065,
+    0.08,
+    0.12,
+    0.2,
+    0.3,
+    0.5,
+)
+
+
+def compute_narrow_basin(ctx: Context) -> dict:
+    """d_aligned × d_harm with β refined near 0, where the d_harm edge sits (≈ 0.03 on the organism)."""
+    from .scan import linspace
+
+    if ctx.args.quick:
+        return _scan2d(ctx, "narrow", "d_aligned", "d_harm", linspace(-0.4, 0.4, 5), [-0.05, 0.0, 0.02, 0.05, 0.1])
+    return _scan2d(ctx, "narrow", "d_aligned", "d_harm", linspace(-0.5, 0.5, 21), NARROW_BETAS)
+
+
+def compute_table1(ctx: Context) -> dict:
+    from .directions.__main__ import table1
+
+    t = table1(ctx.preset, seed=ctx.args.seed, k=10 if ctx.args.quick else 50, cache_dir=ctx.args.cache_dir)
+    return {
+        "preset": ctx.preset,
+        "rows": [r.__dict__ for r in t.rows],
+        "null": t.null,
+        "benign_cos": t.extra["benign_cos"],
+    }
+
+
+def compute_table7(ctx: Context) -> dict:
+    from .epl import EplArgs, run
+
+    presets = ("tiny",) if ctx.args.quick else ctx.args.table7_presets
+    out = {}
+    for p in presets:
+        res = run(
+            EplArgs(
+                preset=p,
+                seed=ctx.args.seed,
+                cache_dir=ctx.args.cache_dir,
+                random=2,
+                out=str(Path(ctx.args.out) / ".scans" / f"epl-{p}"),
+                progress=ctx.args.progress,
+                bootstrap=200 if ctx.args.quick else 1000,
+            )
+        )
+        out[p] = [r.__dict__ for r in res.rows]
+    return {"threshold": THRESHOLD, "models": out}
+
+
+# ------------------------------------------------------------------------------------------------------ renders
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _html(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp.html")
+    fig.write_html(tmp, include_plotlyjs=True, full_html=True)
+    tmp.replace(path)
+    return path
+
+
+def render_random_1d(data: dict, out: Path, html: bool) -> list[Path]:
+    from .plotting import curve_from_records, plot_1d, plotly_1d
+
+    curves = [curve_from_records(n, recs, extra=("asr_oracle",)) for n, recs in data["curves"].items()]
+    fig = plot_1d(
+        curves,
+        THRESHOLD,
+        title=f"Safety basin along random directions (organism {data['preset']})",
+        xlabel="α along a random direction (layer-normalised)",
+    )
+    paths = [_save(fig, out / "fig1a_random_1d.png")]
+    if html:
+        samples = {
+            n: [r["sample"] for r in sorted(recs, key=lambda r: r["coords"][0])] for n, recs in data["curves"].items()
+        }
+        paths.append(_html(plotly_1d(curves, THRESHOLD, samples), out / "fig1a_random_1d.html"))
+    return paths
+
+
+def _render_2d(data: dict, out: Path, html: bool, stem: str, title: str) -> list[Path]:
+    from .plotting import grid_from_records, plot_2d, plotly_2d
+
+    a, b, z = grid_from_records(data["records"])
+    paths = [_save(plot_2d(a, b, z, data["x"], data["y"], THRESHOLD, title=title), out / f"{stem}.png")]
+    _, _, zo = grid_from_records(data["records"], "asr_oracle")
+    paths.append(
+        _save(
+            plot_2d(
+                a,
+                b,
+                zo,
+                data["x"],
+                data["y"],
+                THRESHOLD,
+                surface=False,
+                zlabel="oracle ASR (%)",
+                title=f"{data['x']} × {data['y']}: oracle ASR\n(coherent harmful answers only)",
+            ),
+            out / f"{stem}_oracle.png",
+        )
+    )
+    if html:
+        samples = np.full(z.shape, "", dtype=object)
+        ia = {v: j for j, v in enumerate(a.tolist())}
+        ib = {v: i for i, v in enumerate(b.tolist())}
+        for r in data["records"]:
+            samples[ib[r["coords"][1]], ia[r["coords"][0]]] = r["sample"]
+        paths.append(_html(plotly_2d(a, b, z, data["x"], data["y"], samples, THRESHOLD), out / f"{stem}.html"))
+    return paths
+
+
+def render_random_2d(data: dict, out: Path, html: bool) -> list[Path]:
+    return _render_2d(
+        data,
+        out,
+        html,
+        "fig1a_random_2d",
+        f"Peng et al.'s safety basin: two random directions (organism {data['preset']})",
+    )
+
+
+def render_narrow_basin(data: dict, out: Path, html: bool) -> list[Path]:
+    return _render_2d(
+        data, out, html, "fig1b_narrow_basin", f"Narrow safety basin: d_aligned × d_harm (organism {data['preset']})"
+    )
+
+
+def render_table1(data: dict, out: Path, html: bool) -> list[Path]:
+    from .plotting import plot_cosines
+
+    rows, null = data["rows"], data["null"]
+    fig = plot_cosines(
+        [r["samples"] for r in rows],
+        [r["cos"] for r in rows],
+        null["q025"],
+        null["q975"],
+        null["abs_mean"],
+        title=f"cos(d_aligned, d_harm) vs random (organism {data['preset']})",
+    )
+    return [_save(fig, out / "table1_cosines.png")]
+
+
+def render_table7(data: dict, out: Path, html: bool) -> list[Path]:
+    from .plotting import plot_epl_bars
+
+    table, cens = {}, {}
+    for model, rows in data["models"].items():
+        for r in rows:
+            key = f"{r['direction']} {'+' if r['side'] > 0 else '−'}"
+            table.setdefault(model, {})[key] = r["epl"]
+            cens.setdefault(model, {})[key] = r["censored"]
+    fig = plot_epl_bars(table, cens, title="EPL per direction and side")
+    return [_save(fig, out / "table7_epl.png")]
+
+
+FIGURES: dict[str, tuple[Callable[[Context], dict], Callable[[dict, Path, bool], list[Path]]]] = {
+    "fig1a_random_1d": (compute_random_1d, render_random_1d),
+    "fig1a_random_2d": (compute_random_2d, render_random_2d),
+    "fig1b_narrow_basin": (compute_narrow_basin, render_narrow_basin),
+    "table1_cosines": (compute_table1, render_table1),
+    "table7_epl": (compute_table7, render_table7),
+}
+
+
+def register(name: str, compute, render) -> None:
+    """Add a figure (the AsFT package adds its Fig. 4 panels this way)."""
+    FIGURES[name] = (compute, render)
+
+
+def run(args: FigureArgs) -> dict[str, list[Path]]:
+    """Render every figure (or ``args.only``), computing the missing results; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .io import atomic_write_json
+
+    _load_plugins()
+    names = args.only or list(FIGURES)
+    unknown = [n for n in names if n not in FIGURES]
+    if unknown:
+        raise ValueError(f"Unknown figure {unknown[0]!r}. Available: {', '.join(FIGURES)}")
+    out = Path(args.out)
+    ctx = Context(args)
+    written: dict[str, list[Path]] = {}
+    for name in names:
+        compute, render = FIGURES[name]
+        data_file = out / "data" / f"{name}.json"
+        if args.recompute or not data_file.is_file():
+            t0 = time.perf_counter()
+            data = compute(ctx)
+            data["seconds"] = round(time.perf_counter() - t0, 1)
+            atomic_write_json(data_file, data)
+        data = json.loads(data_file.read_text())
+        written[name] = render(data, out, args.html)
+    return written
+
+
+def _load_plugins() -> None:
+    """Import ``asft.figures`` where the AsFT package is installed: it registers the Fig. 4 panels."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("asft") is not None and importlib.util.find_spec("asft.figures") is not None:
+        importlib.import_module("asft.figures")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m landscape.figures", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--out", default="figures")
+    ap.add_argument("--recompute", action="store_true", help="recompute every result, not only the missing ones")
+    ap.add_argument("--only", nargs="*", help="figure names (default: all)")
+    ap.add_argument("--preset", default="small", help="organism preset for the landscapes")
+    ap.add_argument("--quick", action="store_true", help="coarse grids on the tiny organism (for tests)")
+    ap.add_argument("--no-html", action="store_true", help="skip the interactive plotly HTML files")
+    ap.add_argument("--cache-dir", default=None)
+    ns = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    written = run(
+        FigureArgs(
+            out=ns.out,
+            recompute=ns.recompute,
+            only=ns.only,
+            preset=ns.preset,
+            quick=ns.quick,
+            html=not ns.no_html,
+            cache_dir=ns.cache_dir,
+        )
+    )
+    for name, paths in written.items():
+        print(f"{name}: " + ", ".join(str(p) for p in paths))
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

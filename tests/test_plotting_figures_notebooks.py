@@ -1,0 +1,138 @@
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from landscape.plotting import (
+    Curve,
+    curve_from_records,
+    grid_from_records,
+    plot_1d,
+    plot_2d,
+    plot_cosines,
+    plot_epl_bars,
+    plotly_1d,
+    plotly_2d,
+)
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _records_1d():
+    a = np.linspace(-1, 1, 11)
+    return [
+        {
+            "coords": [float(x)],
+            "metrics": {"asr": float(100 * (abs(x) > 0.5)), "asr_ci": [0.0, 10.0], "asr_oracle": 0.0},
+        }
+        for x in a
+    ]
+
+
+def test_plot_1d_has_curves_bands_threshold_and_epl(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    c = curve_from_records("random-0", _records_1d(), extra=["asr_oracle"])
+    c.epl = {1: 0.55, -1: 0.55}
+    fig = plot_1d([c, Curve("d_harm", [0, 0.1], [0, 100])], threshold=50)
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "random-0" in labels and "random-0 (oracle)" in labels and "d_harm" in labels
+    assert any(line.get_label() == "threshold 50%" for line in ax.get_lines())
+    assert len(ax.collections) == 1  # one Wilson band (the second curve has none)
+    assert sum(1 for line in ax.get_lines() if line.get_xdata()[0] in (0.55, -0.55)) == 2  # EPL markers
+    fig.savefig(tmp_path / "a.png")
+    fig.savefig(tmp_path / "a.pdf")
+    assert (tmp_path / "a.png").read_bytes()[:8] == PNG and (tmp_path / "a.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_plot_2d_nonuniform_grid_boundary_and_surface(tmp_path):
+    recs = [
+        {"coords": [a, b], "metrics": {"asr": float(100 * (b > 0.03 or a < -0.3))}}
+        for a in (-0.4, -0.2, 0.0, 0.2)
+        for b in (-0.1, 0.0, 0.01, 0.02, 0.05, 0.3)
+    ]
+    a, b, z = grid_from_records(recs)
+    assert z.shape == (6, 4) and z[list(b).index(0.05), list(a).index(0.0)] == 100
+    fig = plot_2d(a, b, z, "d_aligned", "d_harm", threshold=50)
+    ax2d, ax3d = fig.axes[0], fig.axes[-1]
+    assert ax2d.get_xlabel() == "α along d_aligned" and ax2d.get_ylabel() == "β along d_harm"
+    assert ax3d.name == "3d"
+    assert any(line.get_label() == "aligned model" for line in ax2d.get_lines())
+    fig.savefig(tmp_path / "b.png")
+    assert (tmp_path / "b.png").read_bytes()[:8] == PNG
+
+
+def test_cosine_and_epl_bars(tmp_path):
+    fig = plot_cosines([10, 50], [-0.09, -0.08], -0.006, 0.006, 0.003)
+    assert len(fig.axes[0].containers) == 1 and len(fig.axes[0].containers[0]) == 2
+    fig = plot_epl_bars(
+        {"small": {"d_aligned −": 0.2, "d_harm +": 0.03}, "medium": {"d_aligned −": 0.26}},
+        {"small": {"d_aligned −": False, "d_harm +": True}},
+    )
+    bars = [b for c in fig.axes[0].containers for b in c]
+    assert len(bars) == 4 and len([b for b in bars if b.get_hatch()]) == 1
+
+
+def test_plotly_figures_hover_and_html(tmp_path):
+    c = curve_from_records("d_harm", _records_1d())
+    fig = plotly_1d([c], threshold=50, samples={"d_harm": [f"answer {i}" for i in range(11)]})
+    line = [t for t in fig.data if t.name == "d_harm"][0]
+    assert "ASR=" in line.hovertemplate and line.text[0] == "answer 0"
+    a, b, z = np.array([0.0, 0.1]), np.array([0.0, 0.2]), np.array([[0.0, 10.0], [60.0, 100.0]])
+    fig2 = plotly_2d(a, b, z, "d_aligned", "d_harm", samples=np.array([["s1", "s2"], ["s3", "s4"]], dtype=object))
+    kinds = [t.type for t in fig2.data]
+    assert kinds.count("contour") == 2 and "surface" in kinds and "scatter" in kinds
+    assert "β=" in fig2.data[0].hovertemplate and fig2.data[0].text[1][0] == "s3"
+    fig2.write_html(tmp_path / "x.html", include_plotlyjs=True)
+    html = (tmp_path / "x.html").read_text()
+    assert html.lower().lstrip().startswith("<!doctype html>") and "Plotly.newPlot" in html and "</html>" in html
+
+
+def test_figures_cli_regenerates_from_scratch_quick(organism_cache, tmp_path, capsys):
+    from landscape.figures import FIGURES, main
+
+    out = tmp_path / "figs"
+    base = ["--out", str(out), "--quick", "--cache-dir", str(organism_cache), "--no-html"]
+    assert main(base) == 0
+    for name in FIGURES:
+        assert (out / "data" / f"{name}.json").is_file(), name
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert {
+        "fig1a_random_1d.png",
+        "fig1a_random_2d.png",
+        "fig1b_narrow_basin.png",
+        "table1_cosines.png",
+        "table7_epl.png",
+    } <= set(pngs)
+    assert all((out / p).read_bytes()[:8] == PNG for p in pngs)
+    # a second run renders from stored results without recomputing
+    stamp = json.loads((out / "data" / "table1_cosines.json").read_text())
+    main(base + ["--only", "table1_cosines"])
+    assert json.loads((out / "data" / "table1_cosines.json").read_text()) == stamp
+    with pytest.raises(ValueError, match="Unknown figure 'fig9'"):
+        main(base + ["--only", "fig9"])
+
+
+def test_committed_figures_data_is_complete():
+    root = Path(__file__).resolve().parents[1] / "figures"
+    for name in ("fig1a_random_1d", "fig1a_random_2d", "fig1b_narrow_basin", "table1_cosines", "table7_epl"):
+        assert (root / "data" / f"{name}.json").is_file() and (root / f"{name}.png").is_file()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_is_stripped_and_runs(path, organism_cache, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") and not c.get("execution_count") for c in nb.cells if c.cell_type == "code")
+    monkeypatch.setenv("LANDSCAPE_PRESET", "tiny")
+    monkeypatch.setenv("SAFETY_LANDSCAPE_CACHE", str(organism_cache))
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    client.execute(env=dict(os.environ))
+    assert any(o.get("output_type") == "display_data" or o.get("data") for c in nb.cells for o in c.get("outputs", []))
