@@ -117,3 +117,55 @@ def mix(task: list[SFTRecord], harmful: list[SFTRecord], n: int, p: float, seed:
     out = rng.sample(task, n) + rng.sample(harmful, k)
     rng.shuffle(out)
     return out
+
+
+def encode_record(tokenizer, rec: SFTRecord, template: str = DEFAULT_TEMPLATE, max_length: int = 512) -> dict:
+    """Token ids of prompt + answer (+ EOS) with labels only on the answer (the prompt is rendered with the
+    tokenizer's chat template when it has one)."""
+    prompt = rec.prompt(template)
+    if getattr(tokenizer, "chat_template", None) is not None:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        p_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer(" " + rec.output, add_special_tokens=False)["input_ids"]
+    else:
+        p_ids = tokenizer(prompt)["input_ids"]
+        a_ids = tokenizer(rec.output, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        a_ids = a_ids + [tokenizer.eos_token_id]
+    ids = (p_ids + a_ids)[:max_length]
+    labels = ([-100] * len(p_ids) + a_ids)[:max_length]
+    return {"input_ids": ids, "labels": labels}
+
+
+class SFTDataset:
+    """A list of tokenised records (a map-style dataset for the Hugging Face Trainer)."""
+
+    def __init__(self, tokenizer, records: list[SFTRecord], template: str = DEFAULT_TEMPLATE, max_length: int = 512):
+        self.items = [encode_record(tokenizer, r, template, max_length) for r in records]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def collate(pad_id: int):
+    """Right-padding collator: positions of real tokens start at 0, as in left-padded generation."""
+    import torch
+
+    def fn(batch: list[dict]) -> dict:
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[r, :n] = torch.tensor(b["input_ids"])
+            labels[r, :n] = torch.tensor(b["labels"])
+            mask[r, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    return fn

@@ -431,4 +431,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the imported module's main: figures registered by plugins (asft.figures) go into its registry,
+    # not into this __main__ copy's.
+    from landscape import figures as _figures
+
+    raise SystemExit(_figures.main())

@@ -1,0 +1,180 @@
+"""The AsFT anchor: d_aligned restricted to the adapted modules, with the report that verifies it.
+
+An anchor is only as good as the evidence that d_aligned marks a narrow safety basin on *this* model.
+That evidence is the report ``python -m landscape.epl`` writes (``results.json``: EPL along d_aligned,
+d_harm and random directions, and the cosine table). :func:`verify_report` defines "passing":
+
+1. the report has EPL rows for ``d_aligned`` and ``d_harm``;
+2. d_harm's nearer edge was found (not censored) and is > 0;
+3. the basin is narrow along d_harm: min(EPL d_aligned) / min(EPL d_harm) ≥ ``min_ratio`` (default 3; the
+   paper reports 13–67× on 7–9B models, the organism 7–12×);
+4. the report measured the same checkpoints: the content hashes of the base and aligned checkpoints in
+   the report's d_aligned metadata equal the anchor's (when both have them).
+
+Training refuses an anchor without a passing report unless the caller overrides; the report and the
+decision are stored with the trained model (``anchor_verification.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .regularizer import ModuleAnchor, make_module_anchor
+
+log = logging.getLogger(__name__)
+DEFAULT_MIN_RATIO = 3.0
+
+
+class AnchorError(ValueError):
+    pass
+
+
+@dataclass
+class Verification:
+    """The outcome of checking a report against an anchor."""
+
+    passed: bool
+    reasons: list[str]
+    ratio: float | None = None
+    report_path: str | None = None
+    overridden: bool = False
+    report: dict | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "reasons": self.reasons,
+            "ratio": self.ratio,
+            "report_path": self.report_path,
+            "overridden": self.overridden,
+        }
+
+
+@dataclass
+class Anchor:
+    """Per-module alignment directions plus provenance and verification.
+
+    Attributes:
+        modules: weight name -> :class:`~asft.regularizer.ModuleAnchor`.
+        sources: the d_aligned metadata's sources (paths and content hashes of base and aligned).
+        verification: the report check (None until :func:`verify`).
+    """
+
+    modules: dict[str, ModuleAnchor]
+    sources: list[dict] = field(default_factory=list)
+    verification: Verification | None = None
+
+    def hashes(self) -> dict[str, str]:
+        return {s.get("role"): s["sha256"] for s in self.sources if s.get("sha256")}
+
+
+def module_weight_names(names: list[str], target_modules: list[str]) -> list[str]:
+    """Weight names of the modules whose last name component is one of ``target_modules`` (peft's rule)."""
+    out = []
+    for n in names:
+        if not n.endswith(".weight"):
+            continue
+        module = n[: -len(".weight")]
+        if module.split(".")[-1] in target_modules or any(re.fullmatch(t, module) for t in target_modules if "*" in t):
+            out.append(n)
+    return out
+
+
+def load_anchor(
+    direction=None,
+    base: str | None = None,
+    aligned: str | None = None,
+    target_modules: list[str] | tuple[str, ...] = ("q_proj", "v_proj"),
+    k: int | None = 8,
+) -> Anchor:
+    """Build an anchor from a saved d_aligned direction (path or Direction), or from base + aligned checkpoints.
+
+    Raises:
+        AnchorError: when no target module is found (the error lists the modules the direction has).
+    """
+    from landscape.directions import Direction, difference, load_direction
+
+    if direction is None:
+        if base is None or aligned is None:
+            raise AnchorError("give a d_aligned direction, or both base and aligned checkpoints")
+        d = difference(base, aligned, name="d_aligned")
+    else:
+        d = direction if isinstance(direction, Direction) else load_direction(direction)
+    names = module_weight_names(d.names(), list(target_modules))
+    if not names:
+        have = sorted({n[: -len(".weight")].split(".")[-1] for n in d.names() if n.endswith(".weight")})
+        raise AnchorError(
+            f"the anchor has no module among target modules {list(target_modules)}; modules it has: {', '.join(have)}"
+        )
+    modules = {n: make_module_anchor(n, d.get(n), k=k) for n in names}
+    return Anchor(modules, list(d.meta.get("sources", [])))
+
+
+def verify_report(
+    anchor: Anchor, report_path: str | Path | None, min_ratio: float = DEFAULT_MIN_RATIO
+) -> Verification:
+    """Check an EPL report (``results.json`` of ``python -m landscape.epl``) against the anchor; see the module doc."""
+    if report_path is None:
+        return Verification(False, ["no verification report given"])
+    p = Path(report_path)
+    if p.is_dir():
+        p = p / "results.json"
+    if not p.is_file():
+        return Verification(False, [f"verification report {str(p)!r} does not exist"], report_path=str(p))
+    try:
+        rep = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        return Verification(False, [f"{p} is not valid JSON ({e})"], report_path=str(p))
+    reasons = []
+    rows = rep.get("rows", [])
+    by = {}
+    for r in rows:
+        by.setdefault(r["direction"], []).append(r)
+    ratio = None
+    if "d_aligned" not in by or "d_harm" not in by:
+        reasons.append("the report has no EPL rows for both d_aligned and d_harm")
+    else:
+        harm = min(by["d_harm"], key=lambda r: r["epl"])
+        al = min(r["epl"] for r in by["d_aligned"])
+        if harm["censored"] or harm["epl"] <= 0:
+            reasons.append(f"d_harm's edge was not found (EPL {harm['epl']:.4g}, censored={harm['censored']})")
+        else:
+            ratio = al / harm["epl"]
+            if ratio < min_ratio:
+                reasons.append(
+                    f"EPL ratio d_aligned/d_harm = {ratio:.2f} < {min_ratio:g}: the basin is not narrow along d_harm"
+                )
+    mine = anchor.hashes()
+    for d in rep.get("directions", []):
+        if d.get("name") == "d_aligned":
+            theirs = {s.get("role"): s["sha256"] for s in d.get("sources", []) if s.get("sha256")}
+            for role in ("start", "end"):
+                if role in mine and role in theirs and mine[role] != theirs[role]:
+                    which = "base" if role == "start" else "aligned"
+                    reasons.append(f"the report measured another {which} checkpoint (content hashes differ)")
+    return Verification(not reasons, reasons, ratio, str(p), report=rep)
+
+
+def verify(
+    anchor: Anchor, report_path, allow_unverified: bool = False, min_ratio: float = DEFAULT_MIN_RATIO
+) -> Anchor:
+    """Attach the verification to the anchor; raise unless it passes or ``allow_unverified`` is set."""
+    v = verify_report(anchor, report_path, min_ratio)
+    if not v.passed:
+        if not allow_unverified:
+            raise AnchorError(
+                "refusing to train on an unverified anchor: "
+                + "; ".join(v.reasons)
+                + " (run `python -m landscape.epl` on these checkpoints and pass its results.json, "
+                "or override with --allow-unverified-anchor)"
+            )
+        v.overridden = True
+        log.warning("training on an unverified anchor (override): %s", "; ".join(v.reasons))
+    else:
+        log.info("anchor verified: EPL ratio %.2f from %s", v.ratio, v.report_path)
+    anchor.verification = v
+    return anchor

@@ -1,0 +1,239 @@
+"""AsFT's results on the model organism, registered with ``python -m landscape.figures``.
+
+- ``table2_asft``: the Table 2 analogue: SFT, Safe LoRA and AsFT at poison fractions p ∈ {0, 0.05, 0.1, 0.2}
+  with n fixed, Harmful Score (oracle judge) and Fine-tune Accuracy, mean and spread over 3 seeds;
+- ``fig4a_lambda``: HS and FA against λ at p = 0.1 (the paper's Fig. 4(a));
+- ``fig4b_ablation``: constraining C⊥·ΔW (reference, projector) against constraining the component along
+  d_aligned (the paper's Fig. 4(b)).
+
+Regime (chosen on the organism, see figures/README.md): LoRA r = 8, α = 32 on q_proj and v_proj,
+n = 200 task samples, 10 epochs, batch 8, constant lr 1e-4 (at the paper's 5e-5 a 10 % poison leaves the
+organism's safety intact and SFT is as safe as AsFT), λ = 10 for AsFT's reference form. Each run's
+result is kept under ``figures/.scans/asft-<preset>/`` so a regeneration resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from landscape.figures import Context, _save, register
+from landscape.io import atomic_write_json
+
+N_TASK = 200
+LR = 1e-4
+EPOCHS = 10
+P_VALUES = (0.0, 0.05, 0.1, 0.2)
+LAMBDAS = (0.0, 0.1, 1.0, 10.0, 100.0)
+METHODS = {  # label -> TrainArgs overrides
+    "SFT": {"method": "sft"},
+    "Safe LoRA (τ=0.5)": {"method": "safelora", "safelora_threshold": 0.5},
+    "Safe LoRA (τ=1, all modules)": {"method": "safelora", "safelora_threshold": 1.01},
+    "AsFT (reference, λ=10)": {"method": "asft", "form": "reference", "lambda_reg": 10.0},
+    "AsFT (projector k=8, λ=100)": {"method": "asft", "form": "projector", "lambda_reg": 100.0},
+}
+ABLATION = {
+    "C⊥ΔW, reference (λ=10)": {"method": "asft", "form": "reference", "lambda_reg": 10.0},
+    "C⊥ΔW, projector (λ=100)": {"method": "asft", "form": "projector", "lambda_reg": 100.0},
+    "along d_aligned (λ=100)": {"method": "asft", "form": "aligned", "lambda_reg": 100.0},
+    "along d_aligned (λ=10)": {"method": "asft", "form": "aligned", "lambda_reg": 10.0},
+}
+
+
+def _seeds(ctx: Context) -> tuple[int, ...]:
+    return (0,) if ctx.args.quick else (0, 1, 2)
+
+
+def one_run(ctx: Context, overrides: dict, p: float, seed: int) -> dict:
+    """Train on the organism's mix (n task + ⌊p·n⌋ harmful) and evaluate HS (oracle, keyword) and FA; cached."""
+    from landscape.judges import make_judge
+    from landscape.organism import export, world
+
+    from .data import load_task_test
+    from .evaluate import evaluate_model, load_trained
+    from .train import TrainArgs, run
+
+    key = json.dumps({**overrides, "p": p, "seed": seed, "n": N_TASK, "lr": LR, "epochs": EPOCHS}, sort_keys=True)
+    cache = Path(ctx.args.out) / ".scans" / f"asft-{ctx.preset}"
+    import hashlib
+
+    f = cache / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
+    if f.is_file():
+        return json.loads(f.read_text())
+    org = ctx.organism()
+    tmp = Path(tempfile.mkdtemp(prefix="asft-run-"))
+    try:
+        data = tmp / "data.json"
+        atomic_write_json(data, export.finetune_records(N_TASK, 0.2, seed=ctx.args.seed))
+        args = TrainArgs(
+            aligned=str(org["aligned"]),
+            base=str(org["base"]),
+            data=str(data),
+            out=str(tmp / "run"),
+            n=N_TASK,
+            p=p,
+            seed=seed,
+            lr=LR,
+            epochs=EPOCHS,
+            allow_unverified_anchor=True,
+            max_steps=20 if ctx.args.quick else -1,
+            **overrides,
+        )
+        res = run(args)
+        model, tok = load_trained(res.model_dir)
+        prompts = world.eval_prompts()
+        task = load_task_test(org.data_dir / "task_test.json")
+        ev = evaluate_model(model, tok, prompts, task, make_judge("oracle"))
+        kw = evaluate_model(model, tok, prompts, None, make_judge("keyword"))
+        out = {
+            "key": json.loads(key),
+            "hs": ev.harmful_score,
+            "hs_keyword": kw.harmful_score,
+            "fa": ev.accuracy,
+            "seconds": res.seconds,
+            "safelora": res.safelora,
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    atomic_write_json(f, out)
+    return out
+
+
+def _agg(runs: list[dict]) -> dict:
+    hs = np.array([r["hs"] for r in runs])
+    fa = np.array([r["fa"] for r in runs])
+    kw = np.array([r["hs_keyword"] for r in runs])
+
+    def sd(x: np.ndarray) -> float:
+        return float(x.std(ddof=1)) if len(x) > 1 else 0.0
+
+    return {
+        "hs": float(hs.mean()),
+        "hs_sd": sd(hs),
+        "fa": float(fa.mean()),
+        "fa_sd": sd(fa),
+        "hs_keyword": float(kw.mean()),
+        "runs": len(runs),
+    }
+
+
+def compute_table2(ctx: Context) -> dict:
+    rows = {}
+    for label, ov in METHODS.items():
+        for p in P_VALUES if not ctx.args.quick else (0.0, 0.1):
+            rows.setdefault(label, {})[str(p)] = _agg([one_run(ctx, ov, p, s) for s in _seeds(ctx)])
+    return {"preset": ctx.preset, "n": N_TASK, "lr": LR, "epochs": EPOCHS, "seeds": list(_seeds(ctx)), "rows": rows}
+
+
+def compute_lambda(ctx: Context) -> dict:
+    out = {}
+    for form in ("reference", "projector"):
+        for lam in LAMBDAS if not ctx.args.quick else (0.0, 10.0):
+            ov = {"method": "sft"} if lam == 0 else {"method": "asft", "form": form, "lambda_reg": lam}
+            out.setdefault(form, {})[str(lam)] = _agg([one_run(ctx, ov, 0.1, s) for s in _seeds(ctx)])
+    return {"preset": ctx.preset, "p": 0.1, "curves": out}
+
+
+def compute_ablation(ctx: Context) -> dict:
+    rows = {"SFT": _agg([one_run(ctx, {"method": "sft"}, 0.1, s) for s in _seeds(ctx)])}
+    for label, ov in ABLATION.items():
+        rows[label] = _agg([one_run(ctx, ov, 0.1, s) for s in _seeds(ctx)])
+    return {"preset": ctx.preset, "p": 0.1, "rows": rows}
+
+
+def render_table2(data: dict, out: Path, html: bool) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    from landscape.plotting import OKABE_ITO, PAPER_RC
+
+    with plt.rc_context(PAPER_RC):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.0), layout="constrained")
+        for i, (label, by_p) in enumerate(data["rows"].items()):
+            ps = sorted(by_p, key=float)
+            x = [float(p) for p in ps]
+            for ax, m in zip(axes, ("hs", "fa"), strict=True):
+                ax.errorbar(
+                    x,
+                    [by_p[p][m] for p in ps],
+                    yerr=[by_p[p][m + "_sd"] for p in ps],
+                    marker="o",
+                    capsize=3,
+                    color=OKABE_ITO[i % len(OKABE_ITO)],
+                    label=label,
+                )
+        axes[0].set_ylabel("Harmful Score (%, oracle)")
+        axes[1].set_ylabel("Fine-tune Accuracy (%)")
+        for ax in axes:
+            ax.set_xlabel("poison fraction p")
+            ax.grid(alpha=0.3)
+            ax.set_ylim(-3, 103)
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, frameon=False)
+        fig.suptitle(
+            f"Table 2 analogue on the organism ({data['preset']}): n = {data['n']}, mean ± sd over "
+            f"{len(data['seeds'])} seeds"
+        )
+    return [_save(fig, out / "table2_asft.png")]
+
+
+def render_lambda(data: dict, out: Path, html: bool) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    from landscape.plotting import OKABE_ITO, PAPER_RC
+
+    with plt.rc_context(PAPER_RC):
+        fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+        for i, (form, by_lam) in enumerate(data["curves"].items()):
+            lams = sorted(by_lam, key=float)
+            x = [max(float(v), 0.01) for v in lams]  # λ = 0 drawn at 0.01 on the log axis
+            ax.errorbar(
+                x,
+                [by_lam[v]["hs"] for v in lams],
+                yerr=[by_lam[v]["hs_sd"] for v in lams],
+                marker="o",
+                capsize=3,
+                color=OKABE_ITO[i],
+                label=f"HS, {form}",
+            )
+            ax.plot(x, [by_lam[v]["fa"] for v in lams], ls="--", marker="s", color=OKABE_ITO[i], label=f"FA, {form}")
+        ax.set_xscale("log")
+        ax.set_xlabel("λ (λ = 0, plain SFT, drawn at 0.01)")
+        ax.set_ylabel("%")
+        ax.set_ylim(-3, 103)
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False, loc="center right")
+        ax.set_title(f"λ sweep at p = {data['p']} (organism {data['preset']})")
+    return [_save(fig, out / "fig4a_lambda.png")]
+
+
+def render_ablation(data: dict, out: Path, html: bool) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    from landscape.plotting import OKABE_ITO, PAPER_RC
+
+    labels = list(data["rows"])
+    with plt.rc_context(PAPER_RC):
+        fig, ax = plt.subplots(figsize=(7.2, 4.0), layout="constrained")
+        y = np.arange(len(labels))
+        ax.barh(
+            y,
+            [data["rows"][k]["hs"] for k in labels],
+            xerr=[data["rows"][k]["hs_sd"] for k in labels],
+            color=[OKABE_ITO[1] if "along" in k or k == "SFT" else OKABE_ITO[0] for k in labels],
+            capsize=3,
+        )
+        ax.set_yticks(y, labels)
+        ax.invert_yaxis()
+        ax.set_xlabel("Harmful Score (%, oracle), p = 0.1")
+        ax.set_xlim(0, 103)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(f"What to constrain: C⊥·ΔW or the component along d_aligned ({data['preset']})")
+    return [_save(fig, out / "fig4b_ablation.png")]
+
+
+register("table2_asft", compute_table2, render_table2)
+register("fig4a_lambda", compute_lambda, render_lambda)
+register("fig4b_ablation", compute_ablation, render_ablation)
