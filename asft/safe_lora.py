@@ -24,7 +24,7 @@ class SafeLoraReport:
 def project_onto_alignment(anchor_V: torch.Tensor, v_norm: float, B: torch.Tensor) -> torch.Tensor:
     """Ĉ·B = V(VᵀB)/‖V‖_F without forming the d_out × d_out matrix."""
     V = anchor_V.to(B)
-    return V @ (V.T @ B) / v_norm
+    return V @ (B.T @ V).T / v_norm  # (BᵀV)ᵀ: the fast BLAS path for VᵀB
 
 
 @torch.no_grad()

@@ -104,7 +104,7 @@ class AsftTrainer(Trainer):
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         n = self._log_acc["n"]
-        if n and "loss" in logs:
+        if n and ("loss" in logs or "train_loss" in logs):
             logs["task_loss"] = round(self._log_acc["task_loss"] / n, 6)
             logs["asft_reg"] = round(self._log_acc["asft_reg"] / n, 6)
             self._log_acc = {"task_loss": 0.0, "asft_reg": 0.0, "n": 0}

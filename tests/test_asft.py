@@ -1,0 +1,282 @@
+import json
+
+import pytest
+import torch
+
+from asft.anchor import AnchorError, load_anchor, verify, verify_report
+from asft.config import AsftConfig
+from asft.regularizer import FORMS, full_penalty, lora_penalty, make_module_anchor, naive_lora_penalty
+from asft.safe_lora import safe_lora_
+from asft.train import TrainArgs, run
+from landscape.organism import export
+
+
+def _anchor64(d_out=48, d_in=40, k=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    V = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
+    return make_module_anchor("m.weight", V, k=k, exact_svd=True), g
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_lora_penalty_equals_naive_formula_float64(form):
+    a, g = _anchor64()
+    B = torch.randn(48, 8, generator=g, dtype=torch.float64)
+    A = torch.randn(8, 40, generator=g, dtype=torch.float64)
+    for scale in (1.0, 4.0):
+        fast = lora_penalty(form, a, B, A, scale)
+        naive = naive_lora_penalty(form, a, B, A, scale)
+        assert fast.dtype == torch.float64
+        assert float(fast) == pytest.approx(float(naive), rel=1e-6)
+    # gradients too
+    Bg, Ag = B.clone().requires_grad_(), A.clone().requires_grad_()
+    lora_penalty(form, a, Bg, Ag).backward()
+    Bn, An = B.clone().requires_grad_(), A.clone().requires_grad_()
+    naive_lora_penalty(form, a, Bn, An).backward()
+    torch.testing.assert_close(Bg.grad, Bn.grad, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(Ag.grad, An.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_forms_mean_what_they_say():
+    a, g = _anchor64()
+    A = torch.randn(8, 40, generator=g, dtype=torch.float64)
+    inside = a.U @ torch.randn(6, 8, generator=g, dtype=torch.float64)  # columns in span(U)
+    assert float(lora_penalty("projector", a, inside, A)) == pytest.approx(0.0, abs=1e-9)
+    assert float(lora_penalty("aligned", a, inside, A)) > 1
+    # the reference matrix is not a projector: it penalises even updates along V's top direction
+    assert float(lora_penalty("reference", a, inside, A)) > 1e-3
+    # full-parameter mode: ‖(I-P)ΔW‖² + ‖PΔW‖² = ‖ΔW‖²
+    D = torch.randn(48, 40, generator=g, dtype=torch.float64)
+    total = full_penalty("projector", a, D) + full_penalty("aligned", a, D)
+    assert float(total) == pytest.approx(float(D.square().sum()), rel=1e-10)
+    eye = torch.eye(48, dtype=torch.float64)
+    C = eye - a.V @ a.V.T / a.v_norm
+    assert float(full_penalty("reference", a, D)) == pytest.approx(float((C @ D).square().sum()), rel=1e-8)
+    with pytest.raises(ValueError, match="Unknown regulariser form 'orth'. Available: reference, projector, aligned"):
+        lora_penalty("orth", a, inside, A)
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="lambda_reg must be >= 0, got -1"):
+        AsftConfig(output_dir="/tmp/x", lambda_reg=-1, report_to=[])
+    with pytest.raises(ValueError, match="Unknown mode 'qlora'"):
+        AsftConfig(output_dir="/tmp/x", mode="qlora", report_to=[])
+
+
+@pytest.fixture(scope="module")
+def ft_data(tmp_path_factory):
+    p = tmp_path_factory.mktemp("ft") / "ft.json"
+    p.write_text(json.dumps(export.finetune_records(40, 0.25, seed=0)))
+    return p
+
+
+def _args(organism, ft_data, out, **kw):
+    base = dict(
+        aligned=str(organism["aligned"]),
+        base=str(organism["base"]),
+        data=str(ft_data),
+        out=str(out),
+        lr=1e-3,
+        epochs=1,
+        max_steps=6,
+        batch_size=8,
+        allow_unverified_anchor=True,
+    )
+    return TrainArgs(**{**base, **kw})
+
+
+def test_lambda_zero_gives_exactly_the_plain_loss(organism, ft_data, tmp_path):
+    from asft.anchor import load_anchor
+    from asft.data import SFTDataset, collate, load_sft_records
+    from asft.trainer import AsftTrainer, prepare_model
+    from landscape.loading import load_model
+
+    anchor = load_anchor(base=str(organism["base"]), aligned=str(organism["aligned"]))
+    model, tok = load_model(organism["aligned"])
+    cfg = AsftConfig(output_dir=str(tmp_path), lambda_reg=0.0, report_to=[], use_cpu=True, lora_dropout=0.0)
+    model = prepare_model(model, cfg, anchor)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)  # a non-zero update, so that the regulariser is not trivially zero
+    ds = SFTDataset(tok, load_sft_records(ft_data))
+    batch = collate(tok.pad_token_id)([ds[i] for i in range(6)])
+    trainer = AsftTrainer(model=model, args=cfg, train_dataset=ds, anchor=anchor)
+    plain = model(**batch).loss
+    assert torch.equal(trainer.compute_loss(model, batch), plain)
+    trainer.args.lambda_reg = 2.0
+    reg = trainer.regularizer()
+    assert float(reg.detach()) > 0
+    torch.testing.assert_close(trainer.compute_loss(model, batch), plain + 2.0 * reg)
+
+
+def test_lora_training_changes_adapters_not_base(organism, ft_data, tmp_path):
+    from safetensors.torch import load_file
+
+    res = run(_args(organism, ft_data, tmp_path / "lora", method="asft", lambda_reg=1.0))
+    adapter = load_file(tmp_path / "lora" / "adapter" / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())  # B starts at zero, so it moved
+    merged = load_file(res.model_dir / "model.safetensors")
+    aligned = load_file(organism["aligned"] / "model.safetensors")
+    for k, v in aligned.items():
+        if "q_proj" in k or "v_proj" in k:
+            assert not torch.equal(merged[k], v), k  # merged update applied
+        else:
+            assert torch.equal(merged[k], v), k  # everything else untouched
+    logged = [e for e in res.log if "task_loss" in e]
+    assert logged and "asft_reg" in logged[0]
+    stored = json.loads((tmp_path / "lora" / "anchor_verification.json").read_text())
+    assert stored["verification"]["overridden"] and not stored["verification"]["passed"]
+
+
+def test_full_parameter_mode_penalises_w_minus_w_aligned(organism, ft_data, tmp_path):
+    from safetensors.torch import load_file
+
+    res = run(_args(organism, ft_data, tmp_path / "full", mode="full", form="projector", lambda_reg=0.5, lr=1e-3))
+    merged = load_file(res.model_dir / "model.safetensors")
+    aligned = load_file(organism["aligned"] / "model.safetensors")
+    changed = {k for k in aligned if not torch.equal(merged[k], aligned[k])}
+    assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)
+    regs = [e["asft_reg"] for e in res.log if "asft_reg" in e]
+    assert regs and regs[-1] > 0  # W moved away from W_aligned and was penalised
+
+
+def test_safe_lora_projection_matches_direct_computation(organism):
+    from peft import LoraConfig, get_peft_model
+
+    from landscape.loading import load_model
+
+    anchor = load_anchor(base=str(organism["base"]), aligned=str(organism["aligned"]))
+    model = get_peft_model(
+        load_model(organism["aligned"], with_tokenizer=False),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    rep = safe_lora_(model, anchor, threshold=1.01)  # every module projected
+    assert len(rep.projected) == 4
+    for name, mod in model.named_modules():
+        if hasattr(mod, "lora_A") and "default" in getattr(mod, "lora_A", {}):
+            key = f"{name}.weight".removeprefix("base_model.model.")
+            a = anchor.modules[key]
+            C = a.V @ a.V.T / a.v_norm
+            B0 = before[f"{name}.lora_B.default.weight"]
+            torch.testing.assert_close(mod.lora_B["default"].weight, C @ B0, rtol=1e-4, atol=1e-6)
+            dW = B0 @ mod.lora_A["default"].weight
+            cos = float((dW * (C @ dW)).sum() / (dW.norm() * (C @ dW).norm()))
+            assert rep.similarities[key] == pytest.approx(cos, abs=1e-4)
+
+
+def test_anchor_gating(organism, organism_cache, tmp_path):
+    from landscape.epl import EplArgs
+    from landscape.epl import run as epl_run
+
+    anchor = load_anchor(base=str(organism["base"]), aligned=str(organism["aligned"]))
+    with pytest.raises(AnchorError, match="refusing to train on an unverified anchor: no verification report"):
+        verify(anchor, None)
+    report = tmp_path / "epl"
+    epl_run(
+        EplArgs(preset="tiny", cache_dir=str(organism_cache), out=str(report), random=0, progress=False, bootstrap=100)
+    )
+    v = verify_report(anchor, report / "results.json")
+    assert v.passed and v.ratio >= 3, v.reasons
+    assert verify(anchor, report).verification.passed
+    # the same report does not verify an anchor from other checkpoints
+    other = load_anchor(base=str(organism["base"]), aligned=str(organism["benign"]))
+    v2 = verify_report(other, report / "results.json")
+    assert not v2.passed and any("another aligned checkpoint" in r for r in v2.reasons)
+    # a failing ratio
+    rep = json.loads((report / "results.json").read_text())
+    for r in rep["rows"]:
+        if r["direction"] == "d_aligned":
+            r["epl"] = 0.01
+    (tmp_path / "weak.json").write_text(json.dumps(rep))
+    assert any("basin is not narrow" in r for r in verify_report(anchor, tmp_path / "weak.json").reasons)
+    assert verify(anchor, tmp_path / "weak.json", allow_unverified=True).verification.overridden
+
+
+def test_bad_inputs_fail_before_training(organism, ft_data, tmp_path):
+    with pytest.raises(ValueError, match="lambda must be >= 0"):
+        run(_args(organism, ft_data, tmp_path / "a", lambda_reg=-1))
+    with pytest.raises(ValueError, match="Unknown regulariser form 'x'"):
+        run(_args(organism, ft_data, tmp_path / "b", form="x"))
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got 2"):
+        run(_args(organism, ft_data, tmp_path / "c", p=2.0))
+    with pytest.raises(AnchorError, match="no module among target modules \\['wq'\\]; modules it has: .*q_proj"):
+        run(_args(organism, ft_data, tmp_path / "d", target_modules=["wq"]))
+    with pytest.raises(AnchorError, match="unverified anchor"):
+        run(_args(organism, ft_data, tmp_path / "e", allow_unverified_anchor=False))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"instruction": "x", "input": "", "output": "y"}, {"input": "z"}]))
+    with pytest.raises(ValueError, match="bad.json, record 1: missing field 'instruction'"):
+        run(_args(organism, bad, tmp_path / "f"))
+    for d in "abcdef":
+        assert not (tmp_path / d).exists()
+
+
+def test_alt_and_baselines_run(organism, ft_data, tmp_path):
+    res = run(_args(organism, ft_data, tmp_path / "alt", method="alt", lambda_reg=10.0))
+    assert res.n_harmful == 10 and (res.model_dir / "model.safetensors").is_file()
+    res = run(_args(organism, ft_data, tmp_path / "sl", method="safelora"))
+    assert set(res.safelora["similarities"]) == {
+        f"model.layers.{i}.self_attn.{m}_proj.weight" for i in (0, 1) for m in ("q", "v")
+    }
+
+
+def test_clis_on_the_tiny_organism(organism, ft_data, tmp_path, capsys):
+    from asft.evaluate import main as eval_main
+    from asft.train import main as train_main
+
+    train_main(
+        [
+            "--aligned",
+            str(organism["aligned"]),
+            "--base",
+            str(organism["base"]),
+            "--data",
+            str(ft_data),
+            "--lambda",
+            "1",
+            "--max-steps",
+            "4",
+            "--allow-unverified-anchor",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    assert "trained 50 examples (10 harmful)" in capsys.readouterr().out
+    eval_main(
+        [
+            "--model",
+            str(tmp_path / "run" / "model"),
+            "--harmful-prompts",
+            str(organism.data_dir / "harmful_eval.json"),
+            "--task-test",
+            str(organism.data_dir / "task_test.json"),
+            "--judge",
+            "oracle",
+            "--limit",
+            "40",
+            "--out",
+            str(tmp_path / "eval.json"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "Harmful Score" in out and "Fine-tune Accuracy" in out
+    res = json.loads((tmp_path / "eval.json").read_text())
+    assert res["n_harmful"] == 40 and res["n_task"] == 200 and 0 <= res["harmful_score"] <= 100
+    # an adapter directory evaluates too (merged onto its recorded base)
+    eval_main(
+        [
+            "--model",
+            str(tmp_path / "run" / "adapter"),
+            "--harmful-prompts",
+            str(organism.eval_prompts_csv),
+            "--limit",
+            "10",
+        ]
+    )
+    assert "on 10 prompts" in capsys.readouterr().out
