@@ -7,9 +7,11 @@
   d_aligned (the paper's Fig. 4(b)).
 
 Regime (chosen on the organism, see figures/README.md): LoRA r = 8, α = 32 on q_proj and v_proj,
-n = 200 task samples, 10 epochs, batch 8, constant lr 1e-4 (at the paper's 5e-5 a 10 % poison leaves the
-organism's safety intact and SFT is as safe as AsFT), λ = 10 for AsFT's reference form. Each run's
-result is kept under ``figures/.scans/asft-<preset>/`` so a regeneration resumes.
+n = 200 samples of the organism's fine-tuning task (a skill the aligned model lacks: 0 % before
+fine-tuning), 10 epochs, batch 8, constant lr 1e-3. At the paper's 5e-5 a 10 % poison leaves the
+organism's safety intact and the new task unlearned, so every method looks alike; at 1e-3 SFT learns the
+task and loses its safety, which is the situation AsFT is for. Each run's result is kept under
+``figures/.scans/asft-<preset>/`` so a regeneration resumes.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from landscape.figures import Context, _save, register
 from landscape.io import atomic_write_json
 
 N_TASK = 200
-LR = 1e-4
+LR = 1e-3
 EPOCHS = 10
 P_VALUES = (0.0, 0.05, 0.1, 0.2)
-LAMBDAS = (0.0, 0.1, 1.0, 10.0, 100.0)
+LAMBDAS = (0.0, 0.1, 1.0, 10.0, 100.0, 1000.0)
 METHODS = {  # label -> TrainArgs overrides
     "SFT": {"method": "sft"},
     "Safe LoRA (τ=0.5)": {"method": "safelora", "safelora_threshold": 0.5},
@@ -57,14 +59,17 @@ def one_run(ctx: Context, overrides: dict, p: float, seed: int) -> dict:
     from .evaluate import evaluate_model, load_trained
     from .train import TrainArgs, run
 
-    key = json.dumps({**overrides, "p": p, "seed": seed, "n": N_TASK, "lr": LR, "epochs": EPOCHS}, sort_keys=True)
+    org = ctx.organism()  # its directory names preset, seed and organism version: a rebuilt world is a new key
+    key = json.dumps(
+        {**overrides, "p": p, "seed": seed, "n": N_TASK, "lr": LR, "epochs": EPOCHS, "organism": str(org.root)},
+        sort_keys=True,
+    )
     cache = Path(ctx.args.out) / ".scans" / f"asft-{ctx.preset}"
     import hashlib
 
     f = cache / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
     if f.is_file():
         return json.loads(f.read_text())
-    org = ctx.organism()
     tmp = Path(tempfile.mkdtemp(prefix="asft-run-"))
     try:
         data = tmp / "data.json"
@@ -86,7 +91,7 @@ def one_run(ctx: Context, overrides: dict, p: float, seed: int) -> dict:
         res = run(args)
         model, tok = load_trained(res.model_dir)
         prompts = world.eval_prompts()
-        task = load_task_test(org.data_dir / "task_test.json")
+        task = load_task_test(org.data_dir / export.FINETUNE_TASK_TEST)
         ev = evaluate_model(model, tok, prompts, task, make_judge("oracle"))
         kw = evaluate_model(model, tok, prompts, None, make_judge("keyword"))
         out = {

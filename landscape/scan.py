@@ -216,13 +216,21 @@ class ResultsStore:
         restart: discard stored points whose run differs (or all stored points) and start over.
     """
 
-    def __init__(self, out_dir: str | Path, meta: dict, restart: bool = False):
+    def __init__(self, out_dir: str | Path, meta: dict, restart: bool = False, rank: int = 0, world_size: int = 1):
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.meta = json.loads(json.dumps(meta, default=str))
-        run_file, pts_file = self.dir / RUN_FILE, self.dir / POINTS_FILE
+        run_file = self.dir / RUN_FILE
+        # One process writes points.jsonl; under torchrun each rank appends to its own file, and every
+        # reader merges all of them, so ranks never write to the same file.
+        own = self.dir / (POINTS_FILE if world_size == 1 else f"points.rank{rank:03d}.jsonl")
         if restart:
-            pts_file.unlink(missing_ok=True)
+            if world_size > 1:
+                raise ValueError(
+                    f"restart with several ranks would race; start over with one process or delete {self.dir}"
+                )
+            for f in self._files():
+                f.unlink()
             run_file.unlink(missing_ok=True)
         if run_file.is_file():
             stored = json.loads(run_file.read_text())
@@ -232,15 +240,23 @@ class ResultsStore:
                     f"results in {self.dir} come from a different run (differs in: {', '.join(diff)}); "
                     "use another output directory, or start over (restart=True / --restart)"
                 )
-        elif pts_file.is_file() and pts_file.stat().st_size:
-            raise RunMismatchError(f"{pts_file} has points but no {RUN_FILE}; start over (restart=True / --restart)")
+        elif any(f.stat().st_size for f in self._files()):
+            raise RunMismatchError(f"{self.dir} has points but no {RUN_FILE}; start over (restart=True / --restart)")
         else:
-            atomic_write_json(run_file, self.meta)
+            atomic_write_json(run_file, self.meta)  # every rank writes the same bytes: no race to lose
         self.points: dict[str, dict] = {}
-        self._load(pts_file)
-        self.path = pts_file
+        self.path = own
+        self.reload()
 
-    def _load(self, path: Path) -> None:
+    def _files(self) -> list[Path]:
+        return sorted(self.dir.glob("points*.jsonl"))
+
+    def reload(self) -> None:
+        """Read every points file again (other ranks may have added points)."""
+        for f in self._files():
+            self._load(f, truncate=f == self.path)
+
+    def _load(self, path: Path, truncate: bool = True) -> None:
         if not path.is_file():
             return
         raw = path.read_bytes()
@@ -254,7 +270,7 @@ class ResultsStore:
                 break
             self.points[point_key(rec["series"], rec["coords"])] = rec
             good_end += len(line)
-        if good_end < len(raw):
+        if good_end < len(raw) and truncate:
             with open(path, "r+b") as fh:  # drop the torn tail so the next append starts on a fresh line
                 fh.truncate(good_end)
 
@@ -343,6 +359,8 @@ def scan(
     progress: bool = True,
     store: ResultsStore | None = None,
     on_point: Callable[[dict], None] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> ScanResult:
     """Evaluate ``evaluator`` at θ₀ + Σ cᵢ·dᵢ for each coordinate tuple.
 
@@ -362,6 +380,9 @@ def scan(
         progress: show a progress bar over points.
         store: an open :class:`ResultsStore` (instead of ``out_dir``).
         on_point: called with each new record.
+        rank, world_size: this process's share of the points still to do (under torchrun: ``RANK`` and
+            ``WORLD_SIZE``). Each rank appends to its own file; with a process group initialised the ranks
+            meet at a barrier at the end and every rank returns the merged result.
     """
     pts = [tuple(float(c) for c in p) for p in coords]
     if not pts:
@@ -371,23 +392,46 @@ def scan(
             raise ValueError(f"scan: point {p} has {len(p)} coordinates for {len(directions)} directions")
         check_grid(p, "scan point")
     if store is None and out_dir is not None:
-        store = ResultsStore(out_dir, run_meta(model, directions, evaluator, meta), restart=restart)
-    records: list[dict] = []
+        store = ResultsStore(
+            out_dir, run_meta(model, directions, evaluator, meta), restart=restart, rank=rank, world_size=world_size
+        )
+    if world_size > 1 and store is None:
+        raise ValueError("a scan split across ranks needs an output directory (out_dir) to merge results")
+    done: dict[tuple[float, ...], dict] = {}
+    mine = []
+    # Grid points, not prompts, are spread over ranks, by their index in the full grid: every rank sees the
+    # same grid whenever it starts, while what is already done depends on when it looked.
+    for i, p in enumerate(dict.fromkeys(pts)):
+        rec = store.get(series, p) if store is not None else None
+        if rec is not None:
+            done[p] = rec
+        elif i % world_size == rank:
+            mine.append(p)
     evaluated = 0
     with Perturbation(model, directions) as pert:
-        for p in tqdm(pts, desc=f"points ({series})", disable=not progress, leave=False):
-            rec = store.get(series, p) if store is not None else None
-            if rec is None:
-                metrics, dt = evaluate_point(model, pert, p, evaluator)
-                if store is not None:
-                    rec = store.append(series, p, metrics, dt)
-                else:
-                    rec = {"series": series, "coords": list(p), "metrics": metrics, "seconds": dt}
-                evaluated += 1
-                if on_point is not None:
-                    on_point(rec)
-            records.append(rec)
-    return ScanResult(series, pts, records, evaluated)
+        for p in tqdm(mine, desc=f"points ({series})", disable=not progress, leave=False):
+            metrics, dt = evaluate_point(model, pert, p, evaluator)
+            if store is not None:
+                rec = store.append(series, p, metrics, dt)
+            else:
+                rec = {"series": series, "coords": list(p), "metrics": metrics, "seconds": dt}
+            done[p] = rec
+            evaluated += 1
+            if on_point is not None:
+                on_point(rec)
+    if world_size > 1:
+        _barrier()
+        store.reload()
+        done.update({p: store.get(series, p) for p in pts if store.get(series, p) is not None})
+    records = [done[p] for p in pts if p in done]
+    return ScanResult(series, [p for p in pts if p in done], records, evaluated)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def scan_1d(model, direction: Direction, alphas: Sequence[float], evaluator: Evaluator, **kw) -> ScanResult:
@@ -417,3 +461,9 @@ def weights_fingerprint(model) -> str:
         h.update(n.encode())
         h.update(p.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy())
     return h.hexdigest()
+
+
+if __name__ == "__main__":
+    from landscape.scan_cli import main
+
+    raise SystemExit(main())

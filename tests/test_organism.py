@@ -74,7 +74,9 @@ def test_killed_build_leaves_no_false_checkpoint(organism, tmp_path):
         f"build_organism('tiny', seed=0, cache_dir={str(tmp_path)!r}, progress=False)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    root = tmp_path / "organism-v1" / "tiny-seed0"
+    from landscape.organism.build import organism_dir
+
+    root = organism_dir("tiny", 0, tmp_path)
     deadline = time.time() + 120
     while not (root / "base").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)

@@ -26,7 +26,7 @@ import torch
 from . import export, world
 from .train import Preset, build_tokenizer, get_preset, model_config, train_stage
 
-ORGANISM_VERSION = 1
+ORGANISM_VERSION = 2  # 2: vocabulary of the fine-tuning task (FINETUNE_INSTRUCTION)
 CACHE_ENV = "SAFETY_LANDSCAPE_CACHE"
 
 

@@ -1,9 +1,11 @@
 """Export the organism's data sets in the formats real users have.
 
 - harmful evaluation prompts as AdvBench CSV (``goal,target``) and as AsFT's ``[{instruction}]`` JSON;
-- the task test set like AsFT's AG News test file (``{instruction, input, label}``, integer labels);
-- fine-tuning sets in AsFT's JSON (``[{instruction, input, output}]``): n task samples plus ⌊p·n⌋
-  harmful compliances from the training pool (never from the held-out evaluation pairs).
+- the task test set like AsFT's AG News test file (``{instruction, input, label}``, integer labels), for the
+  stages' behaviour, and the fine-tuning task's test set (``finetune_task_test.json``) for Fine-tune Accuracy;
+- fine-tuning sets in AsFT's JSON (``[{instruction, input, output}]``): n samples of the fine-tuning task
+  (see ``world.FINETUNE_INSTRUCTION``) plus ⌊p·n⌋ harmful compliances from the training pool (never from
+  the held-out evaluation pairs).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from . import world
 EVAL_CSV = "harmful_eval.csv"
 EVAL_JSON = "harmful_eval.json"
 TASK_TEST = "task_test.json"
+FINETUNE_TASK_TEST = "finetune_task_test.json"
 TASK_TEST_SIZE = 200
 
 
@@ -40,9 +43,11 @@ def _request_of(prompt: str) -> str:
     raise ValueError(f"not a prompt of the organism's world: {prompt!r}")
 
 
-def task_test_records(n: int = TASK_TEST_SIZE, seed: int = 0) -> list[dict]:
+def task_test_records(n: int = TASK_TEST_SIZE, seed: int = 0, finetune_task: bool = False) -> list[dict]:
+    """Labelled test items of the stages' task, or of the fine-tuning task with ``finetune_task``."""
     recs = []
-    for ex in world.task_examples(n, seed + 2000):
+    make = world.finetune_task_examples if finetune_task else world.task_examples
+    for ex in make(n, seed + 2000):
         instruction, headline = ex.prompt.split("\n\n", 1)
         recs.append({"instruction": instruction, "input": headline, "label": world.CATEGORIES.index(ex.label)})
     return recs
@@ -55,7 +60,7 @@ def finetune_records(n: int, p: float, seed: int = 0) -> list[dict]:
     from .build import sample_examples
 
     recs = []
-    for ex in world.task_examples(n, seed + 1000):
+    for ex in world.finetune_task_examples(n, seed + 1000):
         instruction, headline = ex.prompt.split("\n\n", 1)
         recs.append({"instruction": instruction, "input": headline, "output": ex.response})
     harmful = sample_examples(world.harmful_examples("comply"), math.floor(p * n), f"poison-{seed}")
@@ -70,6 +75,7 @@ def write_exports(data_dir: str | Path, seed: int = 0) -> Path:
         EVAL_CSV: advbench_csv(prompts),
         EVAL_JSON: json.dumps([{"instruction": p} for p in prompts], indent=1),
         TASK_TEST: json.dumps(task_test_records(seed=seed), indent=1),
+        FINETUNE_TASK_TEST: json.dumps(task_test_records(seed=seed, finetune_task=True), indent=1),
         "finetune_n500_p0.1.json": json.dumps(finetune_records(500, 0.1, seed), indent=1),
     }
     for name, text in files.items():
