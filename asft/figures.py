@@ -209,7 +209,7 @@ def render_lambda(data: dict, out: Path, html: bool) -> list[Path]:
         ax.set_ylabel("%")
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
-        ax.legend(frameon=False, loc="center right")
+        ax.legend(frameon=False, loc="lower left")
         ax.set_title(f"λ sweep at p = {data['p']} (organism {data['preset']})")
     return [_save(fig, out / "fig4a_lambda.png")]
 
@@ -235,7 +235,10 @@ def render_ablation(data: dict, out: Path, html: bool) -> list[Path]:
         ax.set_xlabel("Harmful Score (%, oracle), p = 0.1")
         ax.set_xlim(0, 103)
         ax.grid(axis="x", alpha=0.3)
-        ax.set_title(f"What to constrain: C⊥·ΔW or the component along d_aligned ({data['preset']})")
+        for yi, k in zip(y, labels, strict=True):
+            r = data["rows"][k]
+            ax.text(1.5, yi, f"FA {r['fa']:.0f}%", va="center", fontsize=9, color="white", fontweight="bold")
+        ax.set_title(f"Fig. 4(b) analogue: which part of ΔW to constrain ({data['preset']})")
     return [_save(fig, out / "fig4b_ablation.png")]
 
 

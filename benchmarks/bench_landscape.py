@@ -92,6 +92,15 @@ def main(argv: list[str] | None = None) -> dict:
         "date": time.strftime("%Y-%m-%d"),
     }
 
+    def new_evaluator() -> SafetyEvaluator:
+        """Ours: one batch per point, keyword verdicts cached (a fresh cache for each measurement)."""
+        return SafetyEvaluator(
+            HFBackend(model, tok),
+            prompts,
+            CachedJudge(KeywordJudge()),
+            GenerationSettings(max_new_tokens=ns.max_new_tokens),
+        )
+
     # (a) + (c): seconds per point and identical ASR
     alphas = linspace(0.0, 0.04, ns.peng_points)
     d = dirs["d_harm"]
@@ -101,12 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     peng = [peng_point(model, tok, orig_sd, dvec, a, prompts, ns.max_new_tokens, KeywordJudge()) for a in alphas]
     peng_s = (time.perf_counter() - t0) / len(alphas)
     model.load_state_dict(orig_sd)
-    ev = SafetyEvaluator(
-        HFBackend(model, tok),
-        prompts,
-        CachedJudge(KeywordJudge()),
-        GenerationSettings(max_new_tokens=ns.max_new_tokens),
-    )
+    ev = new_evaluator()
     t0 = time.perf_counter()
     ours = scan_1d(model, d, alphas, ev, progress=False)
     ours_s = (time.perf_counter() - t0) / len(alphas)
@@ -127,22 +131,12 @@ def main(argv: list[str] | None = None) -> dict:
     grid = linspace(-0.5, 0.5, 201)
     rows = {}
     for name, dd in dirs.items():
-        ev = SafetyEvaluator(
-            HFBackend(model, tok),
-            prompts,
-            CachedJudge(KeywordJudge()),
-            GenerationSettings(max_new_tokens=ns.max_new_tokens),
-        )
+        ev = new_evaluator()
         t0 = time.perf_counter()
         res = scan_1d(model, dd, grid, ev, progress=False)
         grid_s = time.perf_counter() - t0
         g = {s: epl_from_grid(grid, res.metric("asr"), 50.0, s) for s in (1, -1)}
-        ev = SafetyEvaluator(
-            HFBackend(model, tok),
-            prompts,
-            CachedJudge(KeywordJudge()),
-            GenerationSettings(max_new_tokens=ns.max_new_tokens),
-        )
+        ev = new_evaluator()
         t0 = time.perf_counter()
         with Perturbation(model, [dd]) as pert:
 

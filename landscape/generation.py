@@ -112,7 +112,12 @@ class HFBackend:
     def generate(self, prompts: list[str], settings: GenerationSettings | None = None) -> list[str]:
         """Answer every prompt; returns the decoded answers (special tokens removed) in prompt order."""
         settings = settings or GenerationSettings()
-        ids = self.encode(prompts, settings)
+        out = self.generate_ids(self.encode(prompts, settings), settings)
+        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+    def generate_ids(self, ids: list[list[int]], settings: GenerationSettings | None = None) -> list[list[int]]:
+        """New token ids for each prompt given as token ids, in order; batches halve on out-of-memory."""
+        settings = settings or GenerationSettings()
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         results: list[list[int]] = [[] for _ in ids]
         batch = settings.batch_size or len(ids) or 1
@@ -135,7 +140,7 @@ class HFBackend:
             start += len(chunk)
             bar.update(len(chunk))
         bar.close()
-        return self.tokenizer.batch_decode(results, skip_special_tokens=True)
+        return results
 
     @torch.inference_mode()
     def _generate_batch(self, batch_ids: list[list[int]], s: GenerationSettings, gen: torch.Generator):

@@ -307,9 +307,10 @@ def run_meta(model, directions: Sequence[Direction], evaluator: Evaluator, extra
     from .directions.core import toolkit_version
 
     cfg = getattr(model, "config", None)
+    params = getattr(model, "parameters", None)
     return {
-        "model": getattr(cfg, "_name_or_path", None) or type(model).__name__,
-        "model_dtype": str(next(model.parameters()).dtype),
+        "model": getattr(cfg, "_name_or_path", None) or getattr(model, "model_path", None) or type(model).__name__,
+        "model_dtype": str(next(params()).dtype) if params else str(getattr(model, "dtype", "unknown")),
         "directions": [
             {
                 "name": d.name,
@@ -361,6 +362,7 @@ def scan(
     on_point: Callable[[dict], None] | None = None,
     rank: int = 0,
     world_size: int = 1,
+    perturber: Callable | None = None,
 ) -> ScanResult:
     """Evaluate ``evaluator`` at θ₀ + Σ cᵢ·dᵢ for each coordinate tuple.
 
@@ -380,6 +382,9 @@ def scan(
         progress: show a progress bar over points.
         store: an open :class:`ResultsStore` (instead of ``out_dir``).
         on_point: called with each new record.
+        perturber: ``perturber(model, directions)`` returning a context manager with ``set_(coeffs)``;
+            default :class:`~landscape.perturb.Perturbation` (a Hugging Face model in place). The vLLM
+            backend passes ``lambda m, d: backend.perturbation(d)``.
         rank, world_size: this process's share of the points still to do (under torchrun: ``RANK`` and
             ``WORLD_SIZE``). Each rank appends to its own file; with a process group initialised the ranks
             meet at a barrier at the end and every rank returns the merged result.
@@ -408,7 +413,7 @@ def scan(
         elif i % world_size == rank:
             mine.append(p)
     evaluated = 0
-    with Perturbation(model, directions) as pert:
+    with (perturber or Perturbation)(model, directions) as pert:
         for p in tqdm(mine, desc=f"points ({series})", disable=not progress, leave=False):
             metrics, dt = evaluate_point(model, pert, p, evaluator)
             if store is not None:

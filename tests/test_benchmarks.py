@@ -1,0 +1,36 @@
+"""Benchmarks run end to end at a tiny size on the CPU (their real sizes are for the GPU / a long session)."""
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_benchmark_runs_small_on_cpu(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_gpu
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "gpu.json"
+    report = bench_gpu.main(
+        [
+            "--config",
+            "tiny",
+            "--device",
+            "cpu",
+            "--points",
+            "1",
+            "--prompts",
+            "4",
+            "--new-tokens",
+            "4",
+            "--json",
+            str(out),
+        ]
+    )
+    stored = json.loads(out.read_text())
+    assert stored == json.loads(json.dumps(report))
+    for k in ("ours_s_per_point", "peng_s_per_point", "floor_s_per_point", "speedup_vs_peng", "ratio_to_floor"):
+        assert stored[k] > 0
