@@ -38,6 +38,10 @@ class GenerationSettings:
         system_prompt: optional system message placed before each prompt.
         use_chat_template: render prompts with the tokenizer's chat template when it has one.
         ignore_eos: keep generating after EOS (benchmarks with a fixed number of tokens).
+        static_cache: decode with Hugging Face ``generate`` on a static KV cache (which transformers compiles
+            on CUDA) instead of our loop. It pays when most sequences run to ``max_new_tokens`` (e.g. far from
+            the basin, where models babble): fixed shapes let the decode step be compiled or graphed, while
+            our loop wins when answers end early (it drops finished rows from the batch).
     """
 
     max_new_tokens: int = 64
@@ -49,6 +53,7 @@ class GenerationSettings:
     system_prompt: str | None = None
     use_chat_template: bool = True
     ignore_eos: bool = False
+    static_cache: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -143,8 +148,40 @@ class HFBackend:
         return results
 
     @torch.inference_mode()
+    def _generate_static(self, batch_ids: list[list[int]], s: GenerationSettings) -> list[list[int]]:
+        dev = self.device
+        width = max(len(x) for x in batch_ids)
+        x = torch.full((len(batch_ids), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(x)
+        for r, ids in enumerate(batch_ids):
+            x[r, width - len(ids) :] = torch.tensor(ids)
+            mask[r, width - len(ids) :] = 1
+        kw = {
+            "do_sample": s.do_sample,
+            "max_new_tokens": s.max_new_tokens,
+            "cache_implementation": "static",
+            "pad_token_id": self.pad_id,
+            "eos_token_id": self.eos_ids.tolist(),
+        }
+        if s.do_sample:
+            kw.update(temperature=s.temperature, top_p=s.top_p)
+            torch.manual_seed(s.seed)
+        if s.ignore_eos:
+            kw["min_new_tokens"] = s.max_new_tokens
+        out = self.model.generate(input_ids=x.to(dev), attention_mask=mask.to(dev), **kw)[:, width:].cpu()
+        eos = set(self.eos_ids.tolist())
+        results = []
+        for row in out.tolist():
+            cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row)) if not s.ignore_eos else len(row)
+            results.append(row[:cut])
+        return results
+
+    @torch.inference_mode()
     def _generate_batch(self, batch_ids: list[list[int]], s: GenerationSettings, gen: torch.Generator):
         from transformers import DynamicCache
+
+        if s.static_cache:
+            return self._generate_static(batch_ids, s)
 
         dev = self.device
         n = len(batch_ids)

@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--judge-path")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--static-cache", action="store_true", help="HF generate on a static KV cache (compiled on CUDA)")
     ap.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is present, else cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--preset", default="small")
@@ -119,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             HFBackend(model, tok),
             prompts,
             CachedJudge(make_judge(ns.judge, **jkw)),
-            GenerationSettings(max_new_tokens=ns.max_new_tokens, batch_size=ns.batch_size),
+            GenerationSettings(
+                max_new_tokens=ns.max_new_tokens, batch_size=ns.batch_size, static_cache=ns.static_cache
+            ),
         )
         series = " x ".join(d.name for d in dirs)
         res = scan(

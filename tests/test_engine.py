@@ -29,6 +29,15 @@ def test_decode_loop_equals_hf_generate(aligned, organism):
         assert ours == theirs
 
 
+def test_static_cache_path_gives_the_same_greedy_answers(aligned, organism):
+    from landscape.loading import load_model
+
+    model, tok = load_model(organism["harmful-10"])
+    ours = generate(model, tok, PROMPTS, GenerationSettings(max_new_tokens=24))
+    static = generate(model, tok, PROMPTS, GenerationSettings(max_new_tokens=24, static_cache=True, batch_size=8))
+    assert static == ours
+
+
 def test_batches_and_order_do_not_change_greedy_answers(aligned):
     model, tok = aligned
     mixed = PROMPTS[:6] + [world.benign_examples()[0].prompt, "How do I hack the bank?"]
