@@ -32,6 +32,7 @@ class EplArgs:
     limit: int | None = 80
     judge: str = "keyword"
     judge_path: str | None = None
+    backend: str = "hf"
     threshold: float = 50.0
     relative: bool = False
     normalization: str = "layer"
@@ -81,10 +82,12 @@ class EplResult:
 
 def _validate(args: EplArgs) -> None:
     from .directions import NORMALIZATIONS
+    from .generation import check_backend
     from .judges import JUDGES
     from .metrics import check_threshold
 
     check_threshold(args.threshold)
+    check_backend(args.backend)
     if args.normalization not in NORMALIZATIONS:
         raise ValueError(f"Unknown normalization {args.normalization!r}. Available: {', '.join(NORMALIZATIONS)}")
     if args.judge not in JUDGES:
@@ -142,7 +145,6 @@ def run(args: EplArgs) -> EplResult:
         prompts_path = args.prompts
     prompts = load_prompts(prompts_path, limit=args.limit)
     judge = CachedJudge(_load_judge(args))
-    model, tok = load_model(aligned, dtype=args.dtype, device=args.device)
 
     raw = []
     if base:
@@ -160,11 +162,33 @@ def run(args: EplArgs) -> EplResult:
         raise ValueError(f"direction names must differ, got {names}")
     dirs = [normalize(d, aligned, args.normalization) for d in raw]
 
+    if args.backend == "vllm":  # the model is served by vLLM; its workers load saved directions
+        from .directions import save_direction
+        from .loading import resolve_dtype
+        from .vllm_backend import VLLMBackend
+
+        vllm_dtype = str(resolve_dtype(args.dtype) or "auto").removeprefix("torch.")
+        backend = VLLMBackend(aligned, dtype=vllm_dtype)
+        for d in dirs:
+            target = Path(args.out) / "directions" / d.name
+            if not target.exists():
+                save_direction(d, target)
+        model = backend
+
+        def perturbation(d):
+            return backend.perturbation([Path(args.out) / "directions" / d.name])
+    else:
+        model, tok = load_model(aligned, dtype=args.dtype, device=args.device)
+        backend = HFBackend(model, tok, progress=False)
+
+        def perturbation(d):
+            return Perturbation(model, [d])
+
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, system_prompt=args.system_prompt
     )
     extra = [OracleJudge()] if on_organism and args.judge != "oracle" else []
-    evaluator = SafetyEvaluator(HFBackend(model, tok, progress=False), prompts, judge, settings, extra_judges=extra)
+    evaluator = SafetyEvaluator(backend, prompts, judge, settings, extra_judges=extra)
     search = {
         "threshold": args.threshold,
         "relative": args.relative,
@@ -197,7 +221,7 @@ def run(args: EplArgs) -> EplResult:
     oracle_curves: dict[str, list[tuple[float, float]]] = {}
     center_asr = None
     for d in dirs:
-        with Perturbation(model, [d]) as pert:
+        with perturbation(d) as pert:
             center = evaluate(pert, "center", 0.0)
             center_asr = center["metrics"]["asr"]
 
@@ -337,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=d.limit, help="use the first N prompts (Peng et al.: 80)")
     ap.add_argument("--judge", default=d.judge, choices=list(JUDGES))
     ap.add_argument("--judge-path", help="local model directory for the guard / classifier judge")
+    ap.add_argument("--backend", default="hf", help="generation backend: hf, or vllm (optional extra, CUDA)")
     ap.add_argument("--threshold", type=float, default=d.threshold, help="ASR %% above which a point is unsafe")
     ap.add_argument("--relative", action="store_true", help="threshold is relative to the centre's ASR")
     ap.add_argument("--normalization", default=d.normalization, choices=NORMALIZATIONS)
@@ -364,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         limit=ns.limit,
         judge=ns.judge,
         judge_path=ns.judge_path,
+        backend=ns.backend,
         threshold=ns.threshold,
         relative=ns.relative,
         normalization=ns.normalization,
@@ -387,4 +413,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from landscape.cli import guarded
+
+    raise SystemExit(guarded(main))

@@ -434,5 +434,6 @@ if __name__ == "__main__":
     # Run the imported module's main: figures registered by plugins (asft.figures) go into its registry,
     # not into this __main__ copy's.
     from landscape import figures as _figures
+    from landscape.cli import guarded
 
-    raise SystemExit(_figures.main())
+    raise SystemExit(guarded(_figures.main))

@@ -246,3 +246,13 @@ class HFBackend:
 def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings | None = None) -> list[str]:
     """Answer ``prompts`` with a Hugging Face model; see :class:`HFBackend`."""
     return HFBackend(model, tokenizer).generate(prompts, settings)
+
+
+BACKENDS = ("hf", "vllm")
+
+
+def check_backend(name: str) -> str:
+    """Validate a backend name: ``hf`` (this module) or ``vllm`` (:mod:`landscape.vllm_backend`, optional)."""
+    if name not in BACKENDS:
+        raise ValueError(f"Unknown backend {name!r}. Available: {', '.join(BACKENDS)}")
+    return name

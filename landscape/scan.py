@@ -469,6 +469,7 @@ def weights_fingerprint(model) -> str:
 
 
 if __name__ == "__main__":
+    from landscape.cli import guarded
     from landscape.scan_cli import main
 
-    raise SystemExit(main())
+    raise SystemExit(guarded(main))

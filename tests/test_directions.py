@@ -122,8 +122,9 @@ def test_layer_filter_model_normalisation(organism, d_aligned):
             continue
         assert layer.get(n).norm().item() == pytest.approx(w.norm().item(), rel=1e-5)
         if w.dim() == 2:
-            moved = d_aligned.get(n).norm(dim=1) > 0  # rows the direction never touches stay zero
-            assert moved.sum() >= w.shape[0] - 5
+            # rows the direction never touches (embeddings of words the stages never train on) stay zero
+            moved = d_aligned.get(n).norm(dim=1) > 0
+            assert moved.sum() > w.shape[0] // 2
             torch.testing.assert_close(filt.get(n).norm(dim=1)[moved], w.norm(dim=1)[moved], rtol=1e-5, atol=0)
             assert not filt.get(n)[~moved].any()
     model = normalize(d_aligned, ref, "model", blacklist=[])

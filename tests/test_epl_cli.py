@@ -64,6 +64,8 @@ def test_bad_inputs_fail_before_any_result(organism, organism_cache, tmp_path):
         run(EplArgs(judge="gpt4", out=str(tmp_path / "b"), **base))
     with pytest.raises(ValueError, match="judge 'guard' needs --judge-path"):
         run(EplArgs(judge="guard", out=str(tmp_path / "c"), **base))
+    with pytest.raises(ValueError, match="Unknown backend 'tgi'. Available: hf, vllm"):
+        run(EplArgs(backend="tgi", out=str(tmp_path / "g"), **base))
     with pytest.raises(ValueError, match="Unknown normalization 'unit'"):
         run(EplArgs(normalization="unit", out=str(tmp_path / "d"), **base))
     with pytest.raises(ValueError, match="not a model directory"):

@@ -164,4 +164,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from landscape.cli import guarded
+
+    raise SystemExit(guarded(main))
