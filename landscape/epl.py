@@ -179,7 +179,7 @@ def run(args: EplArgs) -> EplResult:
             return backend.perturbation([Path(args.out) / "directions" / d.name])
     else:
         model, tok = load_model(aligned, dtype=args.dtype, device=args.device)
-        backend = HFBackend(model, tok, progress=False)
+        backend = HFBackend(model, tok, progress=args.progress)
 
         def perturbation(d):
             return Perturbation(model, [d])

@@ -1,0 +1,120 @@
+"""The results of a scan on disk: ``run.json`` (the run's metadata) and append-only ``points*.jsonl``.
+
+Every finished point is one JSON line written with a single ``write`` and fsync'd; a torn last line from
+a killed process is dropped on the next open. One process writes ``points.jsonl``; under torchrun each rank
+appends to its own ``points.rankNNN.jsonl`` and readers merge them. A run whose metadata differs from the
+stored ``run.json`` is refused, so results of different runs never mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .io import atomic_write_json
+
+POINTS_FILE = "points.jsonl"
+RUN_FILE = "run.json"
+
+
+def point_key(series: str, coords: Sequence[float]) -> str:
+    return series + "|" + ",".join(f"{float(c):.12g}" for c in coords)
+
+
+class RunMismatchError(ValueError):
+    pass
+
+
+class ResultsStore:
+    """``run.json`` + append-only ``points.jsonl`` in one output directory.
+
+    Args:
+        out_dir: the directory (created if missing).
+        meta: the run's metadata; compared with the stored one on resume.
+        restart: discard stored points whose run differs (or all stored points) and start over.
+    """
+
+    def __init__(self, out_dir: str | Path, meta: dict, restart: bool = False, rank: int = 0, world_size: int = 1):
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.meta = json.loads(json.dumps(meta, default=str))
+        run_file = self.dir / RUN_FILE
+        # One process writes points.jsonl; under torchrun each rank appends to its own file, and every
+        # reader merges all of them, so ranks never write to the same file.
+        own = self.dir / (POINTS_FILE if world_size == 1 else f"points.rank{rank:03d}.jsonl")
+        if restart:
+            if world_size > 1:
+                raise ValueError(
+                    f"restart with several ranks would race; start over with one process or delete {self.dir}"
+                )
+            for f in self._files():
+                f.unlink()
+            run_file.unlink(missing_ok=True)
+        if run_file.is_file():
+            stored = json.loads(run_file.read_text())
+            diff = sorted(k for k in set(stored) | set(self.meta) if stored.get(k) != self.meta.get(k))
+            if diff:
+                raise RunMismatchError(
+                    f"results in {self.dir} come from a different run (differs in: {', '.join(diff)}); "
+                    "use another output directory, or start over (restart=True / --restart)"
+                )
+        elif any(f.stat().st_size for f in self._files()):
+            raise RunMismatchError(f"{self.dir} has points but no {RUN_FILE}; start over (restart=True / --restart)")
+        else:
+            atomic_write_json(run_file, self.meta)  # every rank writes the same bytes: no race to lose
+        self.points: dict[str, dict] = {}
+        self.path = own
+        self.reload()
+
+    def _files(self) -> list[Path]:
+        return sorted(self.dir.glob("points*.jsonl"))
+
+    def reload(self) -> None:
+        """Read every points file again (other ranks may have added points)."""
+        for f in self._files():
+            self._load(f, truncate=f == self.path)
+
+    def _load(self, path: Path, truncate: bool = True) -> None:
+        if not path.is_file():
+            return
+        raw = path.read_bytes()
+        good_end = 0
+        for line in raw.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # torn final line: the process died while writing it
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            self.points[point_key(rec["series"], rec["coords"])] = rec
+            good_end += len(line)
+        if good_end < len(raw) and truncate:
+            with open(path, "r+b") as fh:  # drop the torn tail so the next append starts on a fresh line
+                fh.truncate(good_end)
+
+    def get(self, series: str, coords: Sequence[float]) -> dict | None:
+        return self.points.get(point_key(series, coords))
+
+    def append(self, series: str, coords: Sequence[float], metrics: dict, seconds: float) -> dict:
+        rec = {
+            "series": series,
+            "coords": [float(c) for c in coords],
+            "metrics": metrics,
+            "seconds": round(seconds, 4),
+            "time": time.time(),
+        }
+        line = (json.dumps(rec) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.points[point_key(series, coords)] = rec
+        return rec
+
+    def series(self, name: str) -> list[dict]:
+        return [r for r in self.points.values() if r["series"] == name]
