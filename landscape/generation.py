@@ -86,6 +86,18 @@ def render_prompts(tokenizer, prompts: list[str], system_prompt: str | None = No
     return out
 
 
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded ``(input_ids, attention_mask, position_ids)``; positions count real tokens from 0, so a
+    prompt gets the same positions whatever the batch it is in."""
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, x in enumerate(seqs):
+        ids[r, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+        mask[r, width - len(x) :] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
@@ -150,12 +162,8 @@ class HFBackend:
     @torch.inference_mode()
     def _generate_static(self, batch_ids: list[list[int]], s: GenerationSettings) -> list[list[int]]:
         dev = self.device
-        width = max(len(x) for x in batch_ids)
-        x = torch.full((len(batch_ids), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(x)
-        for r, ids in enumerate(batch_ids):
-            x[r, width - len(ids) :] = torch.tensor(ids)
-            mask[r, width - len(ids) :] = 1
+        x, mask, _ = left_pad(batch_ids, self.pad_id)
+        width = x.shape[1]
         kw = {
             "do_sample": s.do_sample,
             "max_new_tokens": s.max_new_tokens,
@@ -185,14 +193,7 @@ class HFBackend:
 
         dev = self.device
         n = len(batch_ids)
-        width = max(len(x) for x in batch_ids)
-        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for r, x in enumerate(batch_ids):
-            input_ids[r, width - len(x) :] = torch.tensor(x, dtype=torch.long)
-            mask[r, width - len(x) :] = 1
-        input_ids, mask = input_ids.to(dev), mask.to(dev)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        input_ids, mask, positions = (t.to(dev) for t in left_pad(batch_ids, self.pad_id))
         eos_ids = self.eos_ids.to(dev)
         cache = DynamicCache(config=self.model.config)
         alive = torch.arange(n, device=dev)  # original row of each row still in the batch

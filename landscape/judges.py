@@ -200,6 +200,8 @@ class GuardJudge(Judge):
 
     @torch.inference_mode()
     def judge(self, prompts, responses):
+        from .generation import left_pad
+
         out: list[Verdict] = []
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         dev = next(self.model.parameters()).device
@@ -208,13 +210,7 @@ class GuardJudge(Judge):
                 self.encode(p, r)
                 for p, r in zip(prompts[i : i + self.batch_size], responses[i : i + self.batch_size], strict=True)
             ]
-            width = max(map(len, ids))
-            x = torch.full((len(ids), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(x)
-            for r, seq in enumerate(ids):  # left padding: the next-token logits sit at the last column
-                x[r, width - len(seq) :] = torch.tensor(seq)
-                mask[r, width - len(seq) :] = 1
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            x, mask, pos = left_pad(ids, pad)  # left padding: the next-token logits sit at the last column
             logits = (
                 self.model(
                     input_ids=x.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), logits_to_keep=1
