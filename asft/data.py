@@ -153,19 +153,11 @@ class SFTDataset:
 
 
 def collate(pad_id: int):
-    """Right-padding collator: positions of real tokens start at 0, as in left-padded generation."""
-    import torch
+    """Right-padding collator (see :func:`landscape.generation.right_pad`)."""
+    from landscape.generation import right_pad
 
     def fn(batch: list[dict]) -> dict:
-        width = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, b in enumerate(batch):
-            n = len(b["input_ids"])
-            ids[r, :n] = torch.tensor(b["input_ids"])
-            labels[r, :n] = torch.tensor(b["labels"])
-            mask[r, :n] = 1
+        ids, mask, labels = right_pad([b["input_ids"] for b in batch], pad_id, [b["labels"] for b in batch])
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
     return fn

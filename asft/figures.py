@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from landscape.figures import Context, _save, register
-from landscape.io import atomic_write_json
+from landscape.figures import Context, register
+from landscape.io import atomic_savefig, atomic_write_json
 
 N_TASK = 200
 LR = 1e-3
@@ -181,7 +181,7 @@ def render_table2(data: dict, out: Path, html: bool) -> list[Path]:
             f"Table 2 analogue on the organism ({data['preset']}): n = {data['n']}, mean ± sd over "
             f"{len(data['seeds'])} seeds"
         )
-    return [_save(fig, out / "table2_asft.png")]
+    return [atomic_savefig(fig, out / "table2_asft.png")]
 
 
 def render_lambda(data: dict, out: Path, html: bool) -> list[Path]:
@@ -211,7 +211,7 @@ def render_lambda(data: dict, out: Path, html: bool) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(frameon=False, loc="lower left")
         ax.set_title(f"λ sweep at p = {data['p']} (organism {data['preset']})")
-    return [_save(fig, out / "fig4a_lambda.png")]
+    return [atomic_savefig(fig, out / "fig4a_lambda.png")]
 
 
 def render_ablation(data: dict, out: Path, html: bool) -> list[Path]:
@@ -239,7 +239,7 @@ def render_ablation(data: dict, out: Path, html: bool) -> list[Path]:
             r = data["rows"][k]
             ax.text(1.5, yi, f"FA {r['fa']:.0f}%", va="center", fontsize=9, color="white", fontweight="bold")
         ax.set_title(f"Fig. 4(b) analogue: which part of ΔW to constrain ({data['preset']})")
-    return [_save(fig, out / "fig4b_ablation.png")]
+    return [atomic_savefig(fig, out / "fig4b_ablation.png")]
 
 
 register("table2_asft", compute_table2, render_table2)

@@ -302,8 +302,8 @@ def _write_figure(result: EplResult, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+    from .io import atomic_savefig
     from .plotting import Curve, plot_1d
 
     curves = []
@@ -312,10 +312,7 @@ def _write_figure(result: EplResult, path: Path) -> None:
         extra = {"oracle": [v for _, v in result.oracle_curves[name]]} if name in result.oracle_curves else {}
         curves.append(Curve(name, [a for a, _ in pts], [v for _, v in pts], epl=epl, extra=extra))
     fig = plot_1d(curves, threshold=result.threshold, title="ASR along each direction (points from the EPL search)")
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic_savefig(fig, path)
 
 
 def format_table(result: EplResult) -> str:

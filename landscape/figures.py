@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import atomic_savefig
+
 THRESHOLD = 50.0
 
 
@@ -66,20 +68,8 @@ class Context:
         return self._cache["model"]
 
     def direction(self, name: str):
-        from .directions import difference, normalize, random_like
-
         if ("dir", name) not in self._cache:
-            org = self.organism()
-            aligned = org["aligned"]
-            if name == "d_aligned":
-                raw = difference(org["base"], aligned, name=name)
-            elif name == "d_harm":
-                raw = difference(aligned, org["harmful-100"], name=name)
-            elif name.startswith("random-"):
-                raw = random_like(aligned, seed=int(name.split("-")[1]), name=name)
-            else:
-                raise KeyError(name)
-            self._cache[("dir", name)] = normalize(raw, aligned, "layer")
+            self._cache[("dir", name)] = self.organism().direction(name)
         return self._cache[("dir", name)]
 
     def evaluator(self):
@@ -236,17 +226,6 @@ def compute_table7(ctx: Context) -> dict:
 # ------------------------------------------------------------------------------------------------------ renders
 
 
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
-
-
 def _html(fig, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp.html")
     fig.write_html(tmp, include_plotlyjs=True, full_html=True)
@@ -264,7 +243,7 @@ def render_random_1d(data: dict, out: Path, html: bool) -> list[Path]:
         title=f"Safety basin along random directions (organism {data['preset']})",
         xlabel="α along a random direction (layer-normalised)",
     )
-    paths = [_save(fig, out / "fig1a_random_1d.png")]
+    paths = [atomic_savefig(fig, out / "fig1a_random_1d.png")]
     if html:
         samples = {
             n: [r["sample"] for r in sorted(recs, key=lambda r: r["coords"][0])] for n, recs in data["curves"].items()
@@ -277,10 +256,10 @@ def _render_2d(data: dict, out: Path, html: bool, stem: str, title: str) -> list
     from .plotting import grid_from_records, plot_2d, plotly_2d
 
     a, b, z = grid_from_records(data["records"])
-    paths = [_save(plot_2d(a, b, z, data["x"], data["y"], THRESHOLD, title=title), out / f"{stem}.png")]
+    paths = [atomic_savefig(plot_2d(a, b, z, data["x"], data["y"], THRESHOLD, title=title), out / f"{stem}.png")]
     _, _, zo = grid_from_records(data["records"], "asr_oracle")
     paths.append(
-        _save(
+        atomic_savefig(
             plot_2d(
                 a,
                 b,
@@ -333,7 +312,7 @@ def render_table1(data: dict, out: Path, html: bool) -> list[Path]:
         null["abs_mean"],
         title=f"cos(d_aligned, d_harm) vs random (organism {data['preset']})",
     )
-    return [_save(fig, out / "table1_cosines.png")]
+    return [atomic_savefig(fig, out / "table1_cosines.png")]
 
 
 def render_table7(data: dict, out: Path, html: bool) -> list[Path]:
@@ -346,7 +325,7 @@ def render_table7(data: dict, out: Path, html: bool) -> list[Path]:
             table.setdefault(model, {})[key] = r["epl"]
             cens.setdefault(model, {})[key] = r["censored"]
     fig = plot_epl_bars(table, cens, title="EPL per direction and side")
-    return [_save(fig, out / "table7_epl.png")]
+    return [atomic_savefig(fig, out / "table7_epl.png")]
 
 
 FIGURES: dict[str, tuple[Callable[[Context], dict], Callable[[dict, Path, bool], list[Path]]]] = {

@@ -98,6 +98,24 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def right_pad(seqs: list[list[int]], pad_id: int, labels: list[list[int]] | None = None):
+    """Right-padded ``(input_ids, attention_mask, labels)`` (labels padded with -100; None when not given).
+
+    For teacher forcing and training: positions of real tokens start at 0, as in left-padded generation,
+    where they come from the attention mask.
+    """
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    lab = None if labels is None else torch.full((len(seqs), width), -100, dtype=torch.long)
+    for r, x in enumerate(seqs):
+        ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[r, : len(x)] = 1
+        if lab is not None:
+            lab[r, : len(labels[r])] = torch.tensor(labels[r], dtype=torch.long)
+    return ids, mask, lab
+
+
 def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 

@@ -100,17 +100,13 @@ def _dot64(x: torch.Tensor, y: torch.Tensor) -> float:
 CHUNK = 1 << 22  # values per streamed chunk: 16 MB of fp32, whatever the size of the tensor
 
 
-def _shape(x, n: str) -> tuple[int, ...]:
-    return tuple(x.shape(n))
-
-
 def _chunks(stores: list, names: list[str], chunk: int = CHUNK):
     """(name, [flat chunk of each store]) for every name, read one chunk ahead by a reader thread."""
 
     def produce():
         for n in names:
             k = 1
-            for s in _shape(stores[0], n):
+            for s in stores[0].shape(n):
                 k *= s
             for start in range(0, max(k, 1), chunk):
                 yield n, [get_flat(s, n, start, min(k, start + chunk)) for s in stores]

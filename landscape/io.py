@@ -36,14 +36,6 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def sha256_text(items: list[str]) -> str:
     """Hash of a list of strings (length-prefixed, so ["ab"] and ["a", "b"] differ)."""
     h = hashlib.sha256()
@@ -52,3 +44,19 @@ def sha256_text(items: list[str]) -> str:
         h.update(len(b).to_bytes(8, "little"))
         h.update(b)
     return h.hexdigest()
+
+
+def atomic_savefig(fig, path: str | Path) -> Path:
+    """Save a matplotlib figure through a temporary file and a rename, then close it."""
+    import matplotlib.pyplot as plt
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp{p.suffix}")
+    try:
+        fig.savefig(tmp)
+        tmp.replace(p)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
+    return p

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from .directions import Direction
@@ -348,16 +347,12 @@ def scan_2d(
     return res
 
 
-@torch.no_grad()
 def weights_fingerprint(model) -> str:
     """sha256 of every parameter's bytes (tests use it to prove a scan leaves the weights untouched)."""
-    import hashlib
+    from .directions import content_hash
+    from .tensors import ModuleStore
 
-    h = hashlib.sha256()
-    for n, p in model.named_parameters():
-        h.update(n.encode())
-        h.update(p.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy())
-    return h.hexdigest()
+    return content_hash(ModuleStore(model))
 
 
 if __name__ == "__main__":

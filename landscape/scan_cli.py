@@ -33,28 +33,18 @@ def parse_axis(text: str) -> list[float]:
     return check_grid([float(x) for x in text.split(",") if x.strip()], f"axis {text!r}")
 
 
-def _directions(names: list[str], aligned: str, org, normalization: str):
-    from .directions import difference, load_direction, normalize, random_like
+def _directions(names: list[str], org, normalization: str):
+    """Saved direction directories, or (on the organism) names that :meth:`Organism.direction` knows."""
+    from .directions import load_direction
 
     out = []
     for n in names:
         if Path(n).exists():
             out.append(load_direction(n))
-            continue
-        if org is None:
+        elif org is None:
             raise ValueError(f"direction {n!r} is not a saved direction directory")
-        if n == "d_aligned":
-            raw = difference(org["base"], aligned, name=n)
-        elif n == "d_harm":
-            raw = difference(aligned, org["harmful-100"], name=n)
-        elif n.startswith("random-") and n.split("-", 1)[1].isdigit():
-            raw = random_like(aligned, seed=int(n.split("-", 1)[1]), name=n)
         else:
-            raise ValueError(
-                f"Unknown direction {n!r}. Available on the organism: d_aligned, d_harm, random-N, "
-                "or a saved direction directory"
-            )
-        out.append(normalize(raw, aligned, normalization))
+            out.append(org.direction(n, normalization))
     return out
 
 
@@ -109,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             org = build_organism(ns.preset, cache_dir=ns.cache_dir, progress=False)
         aligned = ns.aligned or str(org["aligned"])
         prompts = load_prompts(ns.prompts or str(org.eval_prompts_csv), limit=ns.limit)
-        dirs = _directions(ns.direction, aligned, org, ns.normalization)
+        dirs = _directions(ns.direction, org, ns.normalization)
         if len(dirs) not in (1, 2) or (len(dirs) == 2) != (ns.betas is not None):
             raise ValueError("give one direction with --alphas, or two with --alphas and --betas")
         alphas = parse_axis(ns.alphas)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .generation import render_prompts
+from .generation import render_prompts, right_pad
 
 DEFAULT_REFUSAL_PREFIX = "I'm sorry, but I cannot"
 
@@ -40,12 +40,7 @@ def answer_logprobs(
     out: list[torch.Tensor] = []
     for i in range(0, len(seqs), batch_size):
         chunk, st = seqs[i : i + batch_size], starts[i : i + batch_size]
-        width = max(map(len, chunk))
-        x = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(x)
-        for r, s in enumerate(chunk):  # right padding: positions start at 0 as in generation
-            x[r, : len(s)] = torch.tensor(s)
-            mask[r, : len(s)] = 1
+        x, mask, _ = right_pad(chunk, pad)
         logp = model(input_ids=x.to(dev), attention_mask=mask.to(dev)).logits.float().log_softmax(-1)
         for r, s in enumerate(chunk):
             tgt = torch.tensor(s[st[r] :], device=dev)

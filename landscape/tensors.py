@@ -298,11 +298,6 @@ def prefetched(items: Iterator, depth: int = 1) -> Iterator:
                 th.join(0.01)
 
 
-def iter_tensors(store: TensorStore, names: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    for n in names if names is not None else store.keys():
-        yield n, store.get(n)
-
-
 class ShardWriter:
     """Write tensors one by one into size-bounded safetensors shards, all in a temporary directory.
 

@@ -9,6 +9,7 @@ organism at once.
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import os
@@ -60,6 +61,22 @@ class Organism:
         if stage not in self.stages:
             raise KeyError(f"Unknown organism stage {stage!r}. Available: {', '.join(self.stages)}")
         return self.stages[stage]
+
+    def direction(self, name: str, normalization: str = "layer"):
+        """The organism's direction ``d_aligned``, ``d_harm`` (to ``harmful-100``) or ``random-N``, normalised
+        relative to the aligned stage (``layer`` by default, as every landscape here uses)."""
+        from ..directions import difference, normalize, random_like
+
+        aligned = self["aligned"]
+        if name == "d_aligned":
+            raw = difference(self["base"], aligned, name=name)
+        elif name == "d_harm":
+            raw = difference(aligned, self["harmful-100"], name=name)
+        elif name.startswith("random-") and name.split("-", 1)[1].isdigit():
+            raw = random_like(aligned, seed=int(name.split("-", 1)[1]), name=name)
+        else:
+            raise ValueError(f"Unknown direction {name!r}. Available on the organism: d_aligned, d_harm, random-N")
+        return normalize(raw, aligned, normalization)
 
     @property
     def harmful_stages(self) -> list[str]:
@@ -189,7 +206,7 @@ def build_organism(
             if parent is None:
                 model = LlamaForCausalLM(model_config(p, tokenizer))
             elif parent in models:
-                model = _clone(models[parent])
+                model = copy.deepcopy(models[parent])
             else:
                 model = LlamaForCausalLM.from_pretrained(root / parent, dtype=torch.float32, local_files_only=True)
             losses = train_stage(
@@ -211,9 +228,3 @@ def build_organism(
             models[name] = model
         export.write_exports(root / "data", seed)
     return Organism(root=root, preset=preset, seed=seed, stages={s: root / s for s in order}, data_dir=root / "data")
-
-
-def _clone(model):
-    import copy
-
-    return copy.deepcopy(model)

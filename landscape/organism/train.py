@@ -149,16 +149,10 @@ def encode_examples(tokenizer, examples: Sequence[world.Example]) -> list[tuple[
 
 
 def _collate(items: list[tuple[list[int], int]], pad_id: int):
-    width = max(len(ids) for ids, _ in items)
-    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for r, (ids, n_prompt) in enumerate(items):
-        t = torch.tensor(ids, dtype=torch.long)
-        input_ids[r, : len(ids)] = t
-        mask[r, : len(ids)] = 1
-        labels[r, n_prompt : len(ids)] = t[n_prompt:]
-    return input_ids, mask, labels
+    from ..generation import right_pad
+
+    labels = [[-100] * n_prompt + ids[n_prompt:] for ids, n_prompt in items]
+    return right_pad([ids for ids, _ in items], pad_id, labels)
 
 
 def train_stage(
