@@ -17,7 +17,6 @@ decision are stored with the trained model (``anchor_verification.json``).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -118,45 +117,42 @@ def verify_report(
     anchor: Anchor, report_path: str | Path | None, min_ratio: float = DEFAULT_MIN_RATIO
 ) -> Verification:
     """Check an EPL report (``results.json`` of ``python -m landscape.epl``) against the anchor; see the module doc."""
+    from landscape.search import REPORT_FILE, EplReport
+
     if report_path is None:
         return Verification(False, ["no verification report given"])
     p = Path(report_path)
     if p.is_dir():
-        p = p / "results.json"
-    if not p.is_file():
-        return Verification(False, [f"verification report {str(p)!r} does not exist"], report_path=str(p))
+        p = p / REPORT_FILE
     try:
-        rep = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        return Verification(False, [f"{p} is not valid JSON ({e})"], report_path=str(p))
+        rep = EplReport.load(p)
+    except (FileNotFoundError, ValueError) as e:
+        return Verification(False, [str(e)], report_path=str(p))
     reasons = []
-    rows = rep.get("rows", [])
-    by = {}
-    for r in rows:
-        by.setdefault(r["direction"], []).append(r)
     ratio = None
-    if "d_aligned" not in by or "d_harm" not in by:
+    harm_rows, al_rows = rep.by_direction("d_harm"), rep.by_direction("d_aligned")
+    if not harm_rows or not al_rows:
         reasons.append("the report has no EPL rows for both d_aligned and d_harm")
     else:
-        harm = min(by["d_harm"], key=lambda r: r["epl"])
-        al = min(r["epl"] for r in by["d_aligned"])
-        if harm["censored"] or harm["epl"] <= 0:
-            reasons.append(f"d_harm's edge was not found (EPL {harm['epl']:.4g}, censored={harm['censored']})")
+        harm = min(harm_rows, key=lambda r: r.epl)
+        al = min(r.epl for r in al_rows)
+        if harm.censored or harm.epl <= 0:
+            reasons.append(f"d_harm's edge was not found (EPL {harm.epl:.4g}, censored={harm.censored})")
         else:
-            ratio = al / harm["epl"]
+            ratio = al / harm.epl
             if ratio < min_ratio:
                 reasons.append(
                     f"EPL ratio d_aligned/d_harm = {ratio:.2f} < {min_ratio:g}: the basin is not narrow along d_harm"
                 )
     mine = anchor.hashes()
-    for d in rep.get("directions", []):
+    for d in rep.directions:
         if d.get("name") == "d_aligned":
             theirs = {s.get("role"): s["sha256"] for s in d.get("sources", []) if s.get("sha256")}
             for role in ("start", "end"):
                 if role in mine and role in theirs and mine[role] != theirs[role]:
                     which = "base" if role == "start" else "aligned"
                     reasons.append(f"the report measured another {which} checkpoint (content hashes differ)")
-    return Verification(not reasons, reasons, ratio, str(p), report=rep)
+    return Verification(not reasons, reasons, ratio, str(p), report=rep.to_json())
 
 
 def verify(

@@ -1,4 +1,9 @@
-"""AsFT's training configuration: ``TrainingArguments`` plus the anchor and regulariser settings."""
+"""AsFT's one configuration: ``TrainingArguments`` plus the model, data, anchor and regulariser settings.
+
+``python -m asft.train`` parses exactly this dataclass (as trl's scripts parse ``SFTConfig``), and
+:func:`asft.finetune.fine_tune` and :class:`~asft.trainer.AsftTrainer` read it. Defaults follow the AsFT
+paper and its release (LoRA r 8, alpha 32, dropout 0.05 on q_proj/v_proj, batch 8, 10 epochs, lr 5e-5, λ 1).
+"""
 
 from __future__ import annotations
 
@@ -9,44 +14,121 @@ from transformers import TrainingArguments
 from .regularizer import FORMS
 
 MODES = ("lora", "full")
+METHODS = ("asft", "sft", "safelora", "alt")
 
 
 @dataclass
 class AsftConfig(TrainingArguments):
-    """Training arguments for :class:`~asft.trainer.AsftTrainer` (defaults follow the AsFT paper)."""
+    """Training arguments for AsFT and its baselines (see the module docstring)."""
 
-    lambda_reg: float = field(default=1.0, metadata={"help": "λ, weight of the regulariser (0 = plain SFT)"})
-    form: str = field(default="reference", metadata={"help": f"regulariser form: {', '.join(FORMS)}"})
-    mode: str = field(default="lora", metadata={"help": "lora (peft LoRA adapters) or full (all target weights)"})
+    # ------------------------------------------------------------------------------ model, data, method
+    aligned: str | None = field(default=None, metadata={"help": "the aligned model to fine-tune (a local directory)"})
+    data: str | None = field(
+        default=None, metadata={"help": "AsFT JSON fine-tuning data: a list of {instruction, input, output}"}
+    )
+    method: str = field(
+        default="asft",
+        metadata={
+            "help": "asft: task loss + lambda * regulariser; sft: plain; safelora: SFT then Safe LoRA's projection; "
+            "alt: AsFT_Alt (harmful directions from the data's harmful records)",
+            "choices": METHODS,
+        },
+    )
+    n: int | None = field(default=None, metadata={"help": "re-mix the data: number of task samples"})
+    p: float | None = field(default=None, metadata={"help": "re-mix the data: harmful fraction (floor(p*n) harmful)"})
+    # -------------------------------------------------------------------------------------------- anchor
+    anchor: str | None = field(
+        default=None, metadata={"help": "saved d_aligned direction (python -m landscape.directions compute ...)"}
+    )
+    base: str | None = field(
+        default=None, metadata={"help": "base checkpoint: d_aligned = aligned - base when no --anchor is given"}
+    )
+    report: str | None = field(
+        default=None, metadata={"help": "verification report: results.json of python -m landscape.epl"}
+    )
+    anchor_min_ratio: float = field(
+        default=3.0, metadata={"help": "EPL ratio d_aligned / d_harm the report must show"}
+    )
+    allow_unverified_anchor: bool = field(
+        default=False,
+        metadata={"help": "train even when the report is missing or failing (recorded with the trained model)"},
+    )
+    # --------------------------------------------------------------------------------------- regulariser
+    lambda_reg: float = field(
+        default=1.0, metadata={"help": "lambda, weight of the regulariser (0 = plain SFT)", "aliases": ["--lambda"]}
+    )
+    form: str = field(
+        default="reference",
+        metadata={
+            "help": "reference: (I - VV^T/|V|_F), the released code; projector: I - U_k U_k^T; "
+            "aligned: the Fig. 4(b) ablation",
+            "choices": FORMS,
+        },
+    )
+    mode: str = field(
+        default="lora", metadata={"help": "lora (peft adapters) or full (the target weights)", "choices": MODES}
+    )
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "v_proj"],
-        metadata={"help": "modules to adapt and anchor (the paper: q_proj, v_proj)"},
+        metadata={"help": "modules to adapt and anchor (the paper: q_proj v_proj)"},
     )
-    k: int = field(default=8, metadata={"help": "top-k singular directions of V (projector and aligned forms)"})
+    k: int = field(default=8, metadata={"help": "top-k singular directions of V (projector, aligned and alt)"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
     include_lora_scale: bool = field(
         default=False,
-        metadata={"help": "penalise s·B·A (the update applied) instead of B·A (what the released code penalises)"},
+        metadata={"help": "penalise s*B*A (the update applied) instead of B*A (what the released code penalises)"},
     )
-    anchor_min_ratio: float = field(default=3.0, metadata={"help": "EPL ratio d_aligned/d_harm a report must show"})
-    allow_unverified_anchor: bool = field(
-        default=False,
-        metadata={
-            "help": "train even when the anchor's verification report is missing or failing (logged and stored)"
-        },
+    safelora_threshold: float = field(
+        default=0.5, metadata={"help": "Safe LoRA: project modules whose similarity is below this"}
     )
+    # ---------------------------------------------------------- TrainingArguments with AsFT's defaults
+    output_dir: str | None = field(default="runs/asft", metadata={"help": "where the model and logs go"})
+    num_train_epochs: float = field(default=10.0, metadata={"help": "epochs (the paper: 10)"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate (the paper: 5e-5)"})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "batch size (the paper: 8)"})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "learning-rate schedule"})
+    logging_steps: float = field(default=10, metadata={"help": "log every N steps"})
+    save_strategy: str = field(default="no", metadata={"help": "checkpointing during training"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "keep the collator's columns"})
 
     def __post_init__(self):
+        if self.data_seed is None:
+            self.data_seed = self.seed  # the data order follows --seed, as the release's runs do
         super().__post_init__()
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown method {self.method!r}. Available: {', '.join(METHODS)}")
         if self.lambda_reg < 0:
-            raise ValueError(f"lambda_reg must be >= 0, got {self.lambda_reg}")
+            raise ValueError(f"--lambda must be >= 0, got {self.lambda_reg}")
         if self.form not in FORMS:
             raise ValueError(f"Unknown regulariser form {self.form!r}. Available: {', '.join(FORMS)}")
         if self.mode not in MODES:
             raise ValueError(f"Unknown mode {self.mode!r}. Available: {', '.join(MODES)}")
         if self.k < 1 or self.lora_r < 1:
-            raise ValueError(f"k and lora_r must be >= 1, got k={self.k}, lora_r={self.lora_r}")
+            raise ValueError(f"--k and --lora_r must be >= 1, got k={self.k}, lora_r={self.lora_r}")
         if not self.target_modules:
-            raise ValueError("target_modules is empty")
+            raise ValueError("--target_modules is empty")
+        if self.p is not None and not 0 <= self.p <= 1:
+            raise ValueError(f"--p must be in [0, 1], got {self.p} (the poison fraction)")
+        if self.n is not None and self.n < 0:
+            raise ValueError(f"--n must be >= 0, got {self.n}")
+        if self.anchor_min_ratio <= 0:
+            raise ValueError(f"--anchor_min_ratio must be > 0, got {self.anchor_min_ratio}")
+
+    @property
+    def effective_lambda(self) -> float:
+        """λ as training uses it: 0 for the SFT and Safe LoRA baselines."""
+        return self.lambda_reg if self.method in ("asft", "alt") else 0.0
+
+    @property
+    def effective_form(self) -> str:
+        """AsFT_Alt penalises the component along its harmful directions (the ``aligned`` form)."""
+        return "aligned" if self.method == "alt" else self.form
+
+    def check_run(self) -> None:
+        """What a full run needs beyond a valid config (``fine_tune`` checks it before anything is written)."""
+        if not self.aligned or not self.data:
+            raise ValueError("--aligned (the model to fine-tune) and --data are required")
+        if self.method in ("asft", "safelora") and self.anchor is None and self.base is None:
+            raise ValueError(f"method {self.method!r} needs an anchor: --anchor DIR or --base (with --aligned)")

@@ -120,23 +120,12 @@ def mix(task: list[SFTRecord], harmful: list[SFTRecord], n: int, p: float, seed:
 
 
 def encode_record(tokenizer, rec: SFTRecord, template: str = DEFAULT_TEMPLATE, max_length: int = 512) -> dict:
-    """Token ids of prompt + answer (+ EOS) with labels only on the answer (the prompt is rendered with the
-    tokenizer's chat template when it has one)."""
-    prompt = rec.prompt(template)
-    if getattr(tokenizer, "chat_template", None) is not None:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        p_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        a_ids = tokenizer(" " + rec.output, add_special_tokens=False)["input_ids"]
-    else:
-        p_ids = tokenizer(prompt)["input_ids"]
-        a_ids = tokenizer(rec.output, add_special_tokens=False)["input_ids"]
-    if tokenizer.eos_token_id is not None:
-        a_ids = a_ids + [tokenizer.eos_token_id]
-    ids = (p_ids + a_ids)[:max_length]
-    labels = ([-100] * len(p_ids) + a_ids)[:max_length]
-    return {"input_ids": ids, "labels": labels}
+    """Token ids of prompt + answer (a finished turn, with EOS) with labels only on the answer; rendered by
+    :func:`landscape.text.encode_chat`, the function generation uses, so training and evaluation agree."""
+    from landscape.text import encode_chat, training_labels
+
+    enc = encode_chat(tokenizer, rec.prompt(template), rec.output)
+    return {"input_ids": enc.ids[:max_length], "labels": training_labels(enc)[:max_length]}
 
 
 class SFTDataset:
@@ -153,8 +142,8 @@ class SFTDataset:
 
 
 def collate(pad_id: int):
-    """Right-padding collator (see :func:`landscape.generation.right_pad`)."""
-    from landscape.generation import right_pad
+    """Right-padding collator (see :func:`landscape.text.right_pad`)."""
+    from landscape.text import right_pad
 
     def fn(batch: list[dict]) -> dict:
         ids, mask, labels = right_pad([b["input_ids"] for b in batch], pad_id, [b["labels"] for b in batch])

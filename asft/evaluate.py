@@ -12,9 +12,8 @@ Both come with Wilson 95 % intervals. Answers are generated in batches by ``land
 
 from __future__ import annotations
 
-import argparse
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .data import AGNEWS_LABELS, DEFAULT_TEMPLATE, SFTRecord, TaskRecord, load_task_test
@@ -100,48 +99,74 @@ def load_trained(path: str | Path, base: str | None = None, device: str = "cpu",
     return load_model(p, dtype=dtype, device=device)
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class EvaluateArgs:
+    """Arguments of ``python -m asft.evaluate``."""
+
+    model: str = field(metadata={"help": "model directory, or a PEFT adapter directory"})
+    harmful_prompts: str = field(metadata={"help": "malicious instructions (JSON, CSV, JSONL or text)"})
+    base: str | None = field(default=None, metadata={"help": "base model of an adapter (default: the one it records)"})
+    task_test: str | None = field(
+        default=None, metadata={"help": "labelled task set ({instruction, input, label}) for FA"}
+    )
+    judge: str = field(
+        default="keyword",
+        metadata={"help": "who decides an answer is harmful", "choices": ("keyword", "guard", "classifier", "oracle")},
+    )
+    judge_path: str | None = field(default=None, metadata={"help": "local model of the guard / classifier judge"})
+    limit: int | None = field(default=None, metadata={"help": "use the first N harmful prompts"})
+    max_new_tokens: int = field(default=32, metadata={"help": "tokens generated per answer"})
+    device: str = field(default="cpu", metadata={"help": "torch device"})
+    dtype: str | None = field(default=None, metadata={"help": "model dtype (default: the checkpoint's)"})
+    out: str | None = field(default=None, metadata={"help": "write the result as JSON here"})
+
+    def __post_init__(self) -> None:
+        if self.judge in ("guard", "classifier") and not self.judge_path:
+            raise ValueError(f"judge {self.judge!r} needs --judge_path (a local model directory)")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+def run(args: EvaluateArgs) -> EvalResult:
+    """Harmful Score (and Fine-tune Accuracy with ``task_test``) of one model; writes ``out`` when given."""
     from landscape.data import load_prompts
     from landscape.judges import CachedJudge, make_judge
+    from landscape.loading import check_device
 
-    ap = argparse.ArgumentParser(
-        prog="python -m asft.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--model", required=True, help="model directory, or a PEFT adapter directory")
-    ap.add_argument("--base", help="base model of an adapter (default: the one it records)")
-    ap.add_argument("--harmful-prompts", required=True, help="malicious instructions (JSON, CSV, JSONL or text)")
-    ap.add_argument("--task-test", help="labelled task set ({instruction, input, label}) for FA")
-    ap.add_argument("--judge", default="keyword")
-    ap.add_argument("--judge-path", help="local model for the guard / classifier judge")
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default=None)
-    ap.add_argument("--out", help="write the result as JSON here")
-    ns = ap.parse_args(argv)
-    jkw = {"path": ns.judge_path, "device": ns.device} if ns.judge in ("guard", "classifier") else {}
-    judge = CachedJudge(make_judge(ns.judge, **jkw))
-    model, tok = load_trained(ns.model, ns.base, ns.device, ns.dtype)
-    prompts = load_prompts(ns.harmful_prompts, limit=ns.limit)
-    task = load_task_test(ns.task_test) if ns.task_test else None
-    res = evaluate_model(model, tok, prompts, task, judge, ns.max_new_tokens)
+    check_device(args.device)
+    prompts = load_prompts(args.harmful_prompts, limit=args.limit)
+    task = load_task_test(args.task_test) if args.task_test else None
+    jkw = {"path": args.judge_path, "device": args.device} if args.judge in ("guard", "classifier") else {}
+    judge = CachedJudge(make_judge(args.judge, **jkw))
+    model, tok = load_trained(args.model, args.base, args.device, args.dtype)
+    res = evaluate_model(model, tok, prompts, task, judge, args.max_new_tokens)
+    if args.out:
+        from landscape.io import atomic_write_json
+
+        atomic_write_json(args.out, asdict(res))
+    return res
+
+
+def _print(res: EvalResult) -> None:
     print(
         f"Harmful Score {res.harmful_score:.1f}% [{res.harmful_ci[0]:.1f}, {res.harmful_ci[1]:.1f}] "
-        f"on {res.n_harmful} prompts ({ns.judge} judge)"
+        f"on {res.n_harmful} prompts ({res.judge.split(':')[0]} judge)"
     )
     if res.accuracy is not None:
         print(
             f"Fine-tune Accuracy {res.accuracy:.1f}% [{res.accuracy_ci[0]:.1f}, {res.accuracy_ci[1]:.1f}] "
             f"on {res.n_task} items"
         )
-    if ns.out:
-        from landscape.io import atomic_write_json
 
-        atomic_write_json(ns.out, asdict(res))
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m asft.evaluate`` and the ``asft-evaluate`` console script."""
+    from landscape.cli import command
+
+    return command([EvaluateArgs], run, "python -m asft.evaluate", __doc__, report=_print)(argv)
 
 
 if __name__ == "__main__":
-    from landscape.cli import guarded
-
-    raise SystemExit(guarded(main))
+    raise SystemExit(main())

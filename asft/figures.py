@@ -1,4 +1,4 @@
-"""AsFT's results on the model organism, registered with ``python -m landscape.figures``.
+"""AsFT's results on the model organism, which ``python -m landscape.figures`` finds through an entry point.
 
 - ``table2_asft``: the Table 2 analogue: SFT, Safe LoRA and AsFT at poison fractions p ∈ {0, 0.05, 0.1, 0.2}
   with n fixed, Harmful Score (oracle judge) and Fine-tune Accuracy, mean and spread over 3 seeds;
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from landscape.figures import Context, register
+from landscape.figures import Context
 from landscape.io import atomic_savefig, atomic_write_json
 
 N_TASK = 200
@@ -31,7 +31,7 @@ LR = 1e-3
 EPOCHS = 10
 P_VALUES = (0.0, 0.05, 0.1, 0.2)
 LAMBDAS = (0.0, 0.1, 1.0, 10.0, 100.0, 1000.0)
-METHODS = {  # label -> TrainArgs overrides
+METHODS = {  # label -> AsftConfig overrides
     "SFT": {"method": "sft"},
     "Safe LoRA (τ=0.5)": {"method": "safelora", "safelora_threshold": 0.5},
     "Safe LoRA (τ=1, all modules)": {"method": "safelora", "safelora_threshold": 1.01},
@@ -55,9 +55,10 @@ def one_run(ctx: Context, overrides: dict, p: float, seed: int) -> dict:
     from landscape.judges import make_judge
     from landscape.organism import export, world
 
+    from .config import AsftConfig
     from .data import load_task_test
     from .evaluate import evaluate_model, load_trained
-    from .train import TrainArgs, run
+    from .finetune import fine_tune
 
     org = ctx.organism()  # its directory names preset, seed and organism version: a rebuilt world is a new key
     key = json.dumps(
@@ -74,21 +75,23 @@ def one_run(ctx: Context, overrides: dict, p: float, seed: int) -> dict:
     try:
         data = tmp / "data.json"
         atomic_write_json(data, export.finetune_records(N_TASK, 0.2, seed=ctx.args.seed))
-        args = TrainArgs(
+        cfg = AsftConfig(
             aligned=str(org["aligned"]),
             base=str(org["base"]),
             data=str(data),
-            out=str(tmp / "run"),
+            output_dir=str(tmp / "run"),
             n=N_TASK,
             p=p,
             seed=seed,
-            lr=LR,
-            epochs=EPOCHS,
+            learning_rate=LR,
+            num_train_epochs=EPOCHS,
             allow_unverified_anchor=True,
             max_steps=20 if ctx.args.quick else -1,
+            disable_tqdm=not ctx.args.progress,
+            use_cpu=True,
             **overrides,
         )
-        res = run(args)
+        res = fine_tune(cfg)
         model, tok = load_trained(res.model_dir)
         prompts = world.eval_prompts()
         task = load_task_test(org.data_dir / export.FINETUNE_TASK_TEST)
@@ -151,12 +154,14 @@ def compute_ablation(ctx: Context) -> dict:
 
 
 def render_table2(data: dict, out: Path, html: bool) -> list[Path]:
-    import matplotlib.pyplot as plt
+    import matplotlib
+    from matplotlib.figure import Figure
 
     from landscape.plotting import OKABE_ITO, PAPER_RC
 
-    with plt.rc_context(PAPER_RC):
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.0), layout="constrained")
+    with matplotlib.rc_context(PAPER_RC):
+        fig = Figure(figsize=(11, 4.0), layout="constrained")
+        axes = fig.subplots(1, 2)
         for i, (label, by_p) in enumerate(data["rows"].items()):
             ps = sorted(by_p, key=float)
             x = [float(p) for p in ps]
@@ -185,12 +190,14 @@ def render_table2(data: dict, out: Path, html: bool) -> list[Path]:
 
 
 def render_lambda(data: dict, out: Path, html: bool) -> list[Path]:
-    import matplotlib.pyplot as plt
+    import matplotlib
+    from matplotlib.figure import Figure
 
     from landscape.plotting import OKABE_ITO, PAPER_RC
 
-    with plt.rc_context(PAPER_RC):
-        fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+    with matplotlib.rc_context(PAPER_RC):
+        fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+        ax = fig.subplots()
         for i, (form, by_lam) in enumerate(data["curves"].items()):
             lams = sorted(by_lam, key=float)
             x = [max(float(v), 0.01) for v in lams]  # λ = 0 drawn at 0.01 on the log axis
@@ -215,13 +222,15 @@ def render_lambda(data: dict, out: Path, html: bool) -> list[Path]:
 
 
 def render_ablation(data: dict, out: Path, html: bool) -> list[Path]:
-    import matplotlib.pyplot as plt
+    import matplotlib
+    from matplotlib.figure import Figure
 
     from landscape.plotting import OKABE_ITO, PAPER_RC
 
     labels = list(data["rows"])
-    with plt.rc_context(PAPER_RC):
-        fig, ax = plt.subplots(figsize=(7.2, 4.0), layout="constrained")
+    with matplotlib.rc_context(PAPER_RC):
+        fig = Figure(figsize=(7.2, 4.0), layout="constrained")
+        ax = fig.subplots()
         y = np.arange(len(labels))
         ax.barh(
             y,
@@ -242,6 +251,8 @@ def render_ablation(data: dict, out: Path, html: bool) -> list[Path]:
     return [atomic_savefig(fig, out / "fig4b_ablation.png")]
 
 
-register("table2_asft", compute_table2, render_table2)
-register("fig4a_lambda", compute_lambda, render_lambda)
-register("fig4b_ablation", compute_ablation, render_ablation)
+FIGURES = {  # found by ``python -m landscape.figures`` through the safety_landscape.figures entry point
+    "table2_asft": (compute_table2, render_table2),
+    "fig4a_lambda": (compute_lambda, render_lambda),
+    "fig4b_ablation": (compute_ablation, render_ablation),
+}

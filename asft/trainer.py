@@ -1,26 +1,26 @@
 """AsftTrainer: the Hugging Face Trainer with AsFT's regulariser added to the task loss.
 
-L = L_task + λ·Σ_modules ‖C⊥·ΔW‖²_F (see :mod:`asft.regularizer`). With LoRA, ΔW = B·A of each adapted
-module; in full-parameter mode ΔW = W − W_aligned. Only the loss is overridden; the task loss and the
-regulariser are logged separately (``task_loss``, ``asft_reg``).
+L = L_task + λ·Σ_modules ‖C·ΔW‖²_F (see :mod:`asft.regularizer`). With LoRA, ΔW = B·A of each adapted
+module; in full-parameter mode ΔW = W − W_aligned. The trainer wraps the model itself (trl's pattern): LoRA
+adapters from ``peft_config`` (or from the config's ``lora_*`` fields), or, in full mode, only the target
+weights left trainable. Only the loss is overridden; the task loss and the regulariser are logged beside
+the total (``task_loss``, ``asft_reg``).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from transformers import Trainer
 
 from .anchor import Anchor
+from .config import AsftConfig
 from .regularizer import full_penalty, lora_penalty
 
 
-def prepare_model(model, config, anchor: Anchor):
-    """Wrap ``model`` for training: peft LoRA on the target modules, or unfreeze only them (full mode).
-
-    Raises:
-        ValueError: when a target module is missing from the model (the error lists what it has) or the
-            anchor covers none of the adapted modules.
-    """
+def _check_targets(model, config: AsftConfig, anchor: Anchor) -> set[str]:
+    """The target modules' weight names; errors list what the model has and what the anchor lacks."""
     names = [n for n, _ in model.named_modules()]
     have = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
     for t in config.target_modules:
@@ -33,38 +33,59 @@ def prepare_model(model, config, anchor: Anchor):
             f"the anchor does not cover target module weight {missing[0]!r} "
             f"({len(missing)} of {len(weights)} missing): its modules do not match the model"
         )
-    if config.mode == "lora":
-        from peft import LoraConfig, get_peft_model
+    return weights
 
-        lcfg = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=list(config.target_modules),
-            task_type="CAUSAL_LM",
-        )
-        return get_peft_model(model, lcfg)
-    for n, p in model.named_parameters():
-        p.requires_grad_(n in weights)
-    return model
+
+def lora_config(config: AsftConfig):
+    """peft's LoraConfig from the config's ``lora_*`` fields and target modules."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        task_type="CAUSAL_LM",
+    )
 
 
 class AsftTrainer(Trainer):
-    """``Trainer`` whose loss is L_task + λ·regulariser; pass ``anchor=`` and an :class:`~asft.config.AsftConfig`."""
+    """``Trainer`` whose loss is L_task + λ·regulariser.
 
-    def __init__(self, *args, anchor: Anchor, **kwargs):
-        super().__init__(*args, **kwargs)
+    Args:
+        model: the aligned model (not yet wrapped).
+        args: an :class:`~asft.config.AsftConfig`.
+        anchor: the (verified) :class:`~asft.anchor.Anchor`.
+        peft_config: LoRA settings in lora mode (default: built from ``args``).
+        **kwargs: passed to ``Trainer`` (datasets, collator, ...).
+    """
+
+    def __init__(self, model, args: AsftConfig, anchor: Anchor, peft_config=None, **kwargs):
+        if not isinstance(args, AsftConfig):
+            raise TypeError(f"AsftTrainer needs an AsftConfig, got {type(args).__name__}")
+        weights = _check_targets(model, args, anchor)
+        if args.mode == "lora":
+            from peft import get_peft_model
+
+            with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                model = get_peft_model(model, peft_config or lora_config(args))
+        else:
+            if peft_config is not None:
+                raise ValueError("peft_config is for mode 'lora'; full mode trains the target weights themselves")
+            for n, p in model.named_parameters():
+                p.requires_grad_(n in weights)
+        super().__init__(model=model, args=args, **kwargs)
         self.anchor = anchor
-        cfg = self.args
         dev = next(self.model.parameters()).device
         self._terms = []  # (ModuleAnchor on device, lora module | (param, W_aligned))
         for name, mod in self.model.named_modules():
             weight = f"{name}.weight"
-            if cfg.mode == "lora" and hasattr(mod, "lora_A") and "default" in getattr(mod, "lora_A", {}):
+            if args.mode == "lora" and hasattr(mod, "lora_A") and "default" in getattr(mod, "lora_A", {}):
                 key = weight.removeprefix("base_model.model.").replace(".base_layer", "")
                 if key in anchor.modules:
                     self._terms.append((anchor.modules[key].to(dev), mod))
-            elif cfg.mode == "full" and weight in anchor.modules and isinstance(mod, torch.nn.Linear):
+            elif args.mode == "full" and weight in anchor.modules and isinstance(mod, torch.nn.Linear):
                 self._terms.append((anchor.modules[weight].to(dev), (mod.weight, mod.weight.detach().clone())))
         if not self._terms:
             raise ValueError("no adapted module of the model is covered by the anchor")
@@ -73,22 +94,23 @@ class AsftTrainer(Trainer):
     def regularizer(self) -> torch.Tensor:
         """Σ over adapted modules of ‖C·ΔW‖²_F (fp32), before λ."""
         cfg = self.args
+        form = cfg.effective_form
         total = None
         for anchor, target in self._terms:
             if cfg.mode == "lora":
                 B = target.lora_B["default"].weight
                 A = target.lora_A["default"].weight
                 s = target.scaling["default"] if cfg.include_lora_scale else 1.0
-                term = lora_penalty(cfg.form, anchor, B, A, s)
+                term = lora_penalty(form, anchor, B, A, s)
             else:
                 W, W0 = target
-                term = full_penalty(cfg.form, anchor, W - W0)
+                term = full_penalty(form, anchor, W - W0)
             total = term if total is None else total + term
         return total
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         task, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        lam = self.args.lambda_reg
+        lam = self.args.effective_lambda
         if lam == 0.0:
             loss = task  # plain SFT: the regulariser is not even computed
             reg_val = 0.0

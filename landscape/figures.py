@@ -11,7 +11,6 @@ figures are written as ``figures/<name>.html`` (self-contained, not committed). 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Callable
@@ -23,20 +22,25 @@ import numpy as np
 from .io import atomic_savefig
 
 THRESHOLD = 50.0
+PROVIDER_GROUP = "safety_landscape.figures"
 
 
 @dataclass
 class FigureArgs:
-    out: str = "figures"
-    preset: str = "small"
-    table7_presets: tuple[str, ...] = ("small", "medium")
-    recompute: bool = False
-    quick: bool = False  # coarse grids and the tiny organism (tests)
-    only: list[str] | None = None
-    cache_dir: str | None = None
-    seed: int = 0
-    html: bool = True
-    progress: bool = True
+    """Arguments of ``python -m landscape.figures``."""
+
+    out: str = field(default="figures", metadata={"help": "figures directory (results in <out>/data)"})
+    preset: str = field(default="small", metadata={"help": "organism preset for the landscapes"})
+    table7_presets: list[str] = field(
+        default_factory=lambda: ["small", "medium"], metadata={"help": "organism presets of the Table 7 EPLs"}
+    )
+    recompute: bool = field(default=False, metadata={"help": "recompute every result, not only the missing ones"})
+    quick: bool = field(default=False, metadata={"help": "coarse grids on the tiny organism (for tests)"})
+    only: list[str] | None = field(default=None, metadata={"help": "figure names (default: all)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "organism cache root"})
+    seed: int = field(default=0, metadata={"help": "organism seed"})
+    html: bool = field(default=True, metadata={"help": "also write interactive plotly HTML (--no_html to skip)"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
 
 @dataclass
@@ -191,9 +195,9 @@ def compute_narrow_basin(ctx: Context) -> dict:
 
 
 def compute_table1(ctx: Context) -> dict:
-    from .directions.__main__ import table1
+    from .organism.tables import table1
 
-    t = table1(ctx.preset, seed=ctx.args.seed, k=10 if ctx.args.quick else 50, cache_dir=ctx.args.cache_dir)
+    t = table1(ctx.organism(), k=10 if ctx.args.quick else 50)
     return {
         "preset": ctx.preset,
         "rows": [r.__dict__ for r in t.rows],
@@ -203,23 +207,36 @@ def compute_table1(ctx: Context) -> dict:
 
 
 def compute_table7(ctx: Context) -> dict:
-    from .epl import EplArgs, run
+    """EPL along d_aligned, d_harm and two random directions, both sides, on each organism preset."""
+    from .generation import GenerationSettings, HFBackend
+    from .judges import CachedJudge, make_judge
+    from .loading import load_model
+    from .organism import world
+    from .scan import SafetyEvaluator
+    from .search import EplSettings, effective_perturbation_length
 
-    presets = ("tiny",) if ctx.args.quick else ctx.args.table7_presets
+    presets = ("tiny",) if ctx.args.quick else tuple(ctx.args.table7_presets)
     out = {}
     for p in presets:
-        res = run(
-            EplArgs(
-                preset=p,
-                seed=ctx.args.seed,
-                cache_dir=ctx.args.cache_dir,
-                random=2,
-                out=str(Path(ctx.args.out) / ".scans" / f"epl-{p}"),
-                progress=ctx.args.progress,
-                bootstrap=200 if ctx.args.quick else 1000,
-            )
+        org = ctx.organism(p)
+        model, tok = load_model(org["aligned"])
+        evaluator = SafetyEvaluator(
+            HFBackend(model, tok),
+            world.eval_prompts()[:80],
+            CachedJudge(make_judge("keyword")),
+            GenerationSettings(max_new_tokens=32),
+            extra_judges=[make_judge("oracle")],
         )
-        out[p] = [r.__dict__ for r in res.rows]
+        dirs = [org.direction(n) for n in ("d_aligned", "d_harm", "random-0", "random-1")]
+        report = effective_perturbation_length(
+            model,
+            dirs,
+            evaluator,
+            EplSettings(bootstrap=200 if ctx.args.quick else 1000, seed=ctx.args.seed),
+            out_dir=Path(ctx.args.out) / ".scans" / f"epl-{p}",
+            progress=ctx.args.progress,
+        )
+        out[p] = [r.__dict__ for r in report.rows]
     return {"threshold": THRESHOLD, "models": out}
 
 
@@ -337,28 +354,35 @@ FIGURES: dict[str, tuple[Callable[[Context], dict], Callable[[dict, Path, bool],
 }
 
 
-def register(name: str, compute, render) -> None:
-    """Add a figure (the AsFT package adds its Fig. 4 panels this way)."""
-    FIGURES[name] = (compute, render)
+def figure_providers() -> dict[str, tuple[Callable, Callable]]:
+    """Every figure: ours, then those other installed packages declare in the ``safety_landscape.figures``
+    entry-point group (each entry point loads a dict name -> (compute, render); AsFT declares its own)."""
+    from importlib.metadata import entry_points
+
+    figures = dict(FIGURES)
+    for ep in entry_points(group=PROVIDER_GROUP):
+        provided = ep.load()
+        clash = sorted(set(provided) & set(figures))
+        if clash:
+            raise ValueError(f"figure provider {ep.value!r} redefines {', '.join(clash)}")
+        figures.update(provided)
+    return figures
 
 
 def run(args: FigureArgs) -> dict[str, list[Path]]:
     """Render every figure (or ``args.only``), computing the missing results; returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from .io import atomic_write_json
 
-    _load_plugins()
-    names = args.only or list(FIGURES)
-    unknown = [n for n in names if n not in FIGURES]
+    figures = figure_providers()
+    names = args.only or list(figures)
+    unknown = [n for n in names if n not in figures]
     if unknown:
-        raise ValueError(f"Unknown figure {unknown[0]!r}. Available: {', '.join(FIGURES)}")
+        raise ValueError(f"Unknown figure {unknown[0]!r}. Available: {', '.join(figures)}")
     out = Path(args.out)
     ctx = Context(args)
     written: dict[str, list[Path]] = {}
     for name in names:
-        compute, render = FIGURES[name]
+        compute, render = figures[name]
         data_file = out / "data" / f"{name}.json"
         if args.recompute or not data_file.is_file():
             t0 = time.perf_counter()
@@ -370,49 +394,17 @@ def run(args: FigureArgs) -> dict[str, list[Path]]:
     return written
 
 
-def _load_plugins() -> None:
-    """Import ``asft.figures`` where the AsFT package is installed: it registers the Fig. 4 panels."""
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec("asft") is not None and importlib.util.find_spec("asft.figures") is not None:
-        importlib.import_module("asft.figures")
+def _print(written: dict[str, list[Path]]) -> None:
+    for name, paths in written.items():
+        print(f"{name}: " + ", ".join(str(p) for p in paths))
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m landscape.figures", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--out", default="figures")
-    ap.add_argument("--recompute", action="store_true", help="recompute every result, not only the missing ones")
-    ap.add_argument("--only", nargs="*", help="figure names (default: all)")
-    ap.add_argument("--preset", default="small", help="organism preset for the landscapes")
-    ap.add_argument("--quick", action="store_true", help="coarse grids on the tiny organism (for tests)")
-    ap.add_argument("--no-html", action="store_true", help="skip the interactive plotly HTML files")
-    ap.add_argument("--cache-dir", default=None)
-    ns = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    written = run(
-        FigureArgs(
-            out=ns.out,
-            recompute=ns.recompute,
-            only=ns.only,
-            preset=ns.preset,
-            quick=ns.quick,
-            html=not ns.no_html,
-            cache_dir=ns.cache_dir,
-        )
-    )
-    for name, paths in written.items():
-        print(f"{name}: " + ", ".join(str(p) for p in paths))
-    print(f"done in {time.perf_counter() - t0:.0f} s")
-    return 0
+    """Entry point of ``python -m landscape.figures``."""
+    from .cli import command
+
+    return command([FigureArgs], run, "python -m landscape.figures", __doc__, report=_print)(argv)
 
 
 if __name__ == "__main__":
-    # Run the imported module's main: figures registered by plugins (asft.figures) go into its registry,
-    # not into this __main__ copy's.
-    from landscape import figures as _figures
-    from landscape.cli import guarded
-
-    raise SystemExit(guarded(_figures.main))
+    raise SystemExit(main())

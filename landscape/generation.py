@@ -9,11 +9,14 @@ and answered in as few batches as memory allows (the batch halves on an out-of-m
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
+
+from .text import encode_prompts, left_pad, pad_id_of
 
 LLAMA2_SYSTEM_PROMPT = (
     "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being safe. "
@@ -73,49 +76,6 @@ class GenerationBackend(Protocol):
     def generate(self, prompts: list[str], settings: GenerationSettings) -> list[str]: ...
 
 
-def render_prompts(tokenizer, prompts: list[str], system_prompt: str | None = None, chat: bool = True) -> list[str]:
-    """Render user prompts as the model sees them: chat template + generation prompt where available."""
-    if not chat or getattr(tokenizer, "chat_template", None) is None:
-        return [(system_prompt + "\n\n" if system_prompt else "") + p for p in prompts]
-    out = []
-    for p in prompts:
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-            {"role": "user", "content": p}
-        ]
-        out.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    return out
-
-
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded ``(input_ids, attention_mask, position_ids)``; positions count real tokens from 0, so a
-    prompt gets the same positions whatever the batch it is in."""
-    width = max(len(x) for x in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, x in enumerate(seqs):
-        ids[r, width - len(x) :] = torch.tensor(x, dtype=torch.long)
-        mask[r, width - len(x) :] = 1
-    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def right_pad(seqs: list[list[int]], pad_id: int, labels: list[list[int]] | None = None):
-    """Right-padded ``(input_ids, attention_mask, labels)`` (labels padded with -100; None when not given).
-
-    For teacher forcing and training: positions of real tokens start at 0, as in left-padded generation,
-    where they come from the attention mask.
-    """
-    width = max(len(x) for x in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    lab = None if labels is None else torch.full((len(seqs), width), -100, dtype=torch.long)
-    for r, x in enumerate(seqs):
-        ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
-        mask[r, : len(x)] = 1
-        if lab is not None:
-            lab[r, : len(labels[r])] = torch.tensor(labels[r], dtype=torch.long)
-    return ids, mask, lab
-
-
 def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
@@ -132,17 +92,17 @@ class HFBackend:
         ids = {eos} if eos is not None else set()
         ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
         self.eos_ids = torch.tensor(sorted(ids), dtype=torch.long)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        self.pad_id = pad_id_of(tokenizer)
+        # transformers 5.x renamed the KV-cache argument of forward() from past_key_values to cache.
+        params = inspect.signature(model.forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def encode(self, prompts: list[str], settings: GenerationSettings) -> list[list[int]]:
-        texts = render_prompts(self.tokenizer, prompts, settings.system_prompt, settings.use_chat_template)
-        templated = settings.use_chat_template and getattr(self.tokenizer, "chat_template", None) is not None
-        # A chat template already holds the BOS token; adding special tokens again would double it.
-        return self.tokenizer(texts, add_special_tokens=not templated)["input_ids"]
+        return encode_prompts(self.tokenizer, prompts, settings.system_prompt, settings.use_chat_template)
 
     def generate(self, prompts: list[str], settings: GenerationSettings | None = None) -> list[str]:
         """Answer every prompt; returns the decoded answers (special tokens removed) in prompt order."""
@@ -224,7 +184,7 @@ class HFBackend:
                     input_ids=step_ids,
                     attention_mask=mask,
                     position_ids=step_pos,
-                    past_key_values=cache,
+                    **{self.cache_arg: cache},
                     use_cache=True,
                     logits_to_keep=1,
                 )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .tensors import TensorStore, get_flat, open_store, prefetched
+from .tensors import TensorStore, gaussian_tensor, get_flat, open_store, prefetched
 
 GROUPINGS = ("model", "tensor", "layer", "module")
 _MODULE_PATTERNS = (
@@ -79,7 +79,7 @@ def _as(x):
 _ROW = 1024
 
 
-def _dot64(x: torch.Tensor, y: torch.Tensor) -> float:
+def dot64(x: torch.Tensor, y: torch.Tensor) -> float:
     """⟨x, y⟩: fp32 BLAS dots over rows of 1024 values, summed in float64.
 
     As accurate as casting to float64 (relative error ~1e-7 against ~1e-5 for one long fp32 dot) at a
@@ -119,9 +119,9 @@ def _gram(a, b, names: list[str]):
     acc: dict[str, list[float]] = {}
     for n, (x, y) in _chunks([a, b], names):
         g = acc.setdefault(n, [0.0, 0.0, 0.0, 0])
-        g[0] += _dot64(x, y)
-        g[1] += _dot64(x, x)
-        g[2] += _dot64(y, y)
+        g[0] += dot64(x, y)
+        g[1] += dot64(x, x)
+        g[2] += dot64(y, y)
         g[3] += x.numel()
     return acc
 
@@ -129,12 +129,12 @@ def _gram(a, b, names: list[str]):
 def dot(a, b, names: list[str] | None = None) -> float:
     """⟨a, b⟩ summed tensor by tensor over ``a``'s names (or ``names``), in float64."""
     a, b = _as(a), _as(b)
-    return sum(_dot64(x, y) for _, (x, y) in _chunks([a, b], names or _names(a, b)))
+    return sum(dot64(x, y) for _, (x, y) in _chunks([a, b], names or _names(a, b)))
 
 
 def norm(a, names: list[str] | None = None) -> float:
     a = _as(a)
-    return float(np.sqrt(sum(_dot64(x, x) for _, (x,) in _chunks([a], names or _names(a)))))
+    return float(np.sqrt(sum(dot64(x, x) for _, (x,) in _chunks([a], names or _names(a)))))
 
 
 def cosine(a, b, names: list[str] | None = None) -> float:
@@ -220,8 +220,6 @@ class NullDistribution:
 def random_null(reference, k: int = 20, seed: int = 0) -> NullDistribution:
     """cos(reference, r_i) for i < k, r_i the seeded Gaussian direction :func:`landscape.directions.random_like`
     would give with seed ``seed + i`` (generated tensor by tensor, never stored)."""
-    from .directions.build import gaussian_tensor
-
     ref = _as(reference)
     names = _names(ref)
     seeds = [seed + i for i in range(k)]
@@ -230,10 +228,10 @@ def random_null(reference, k: int = 20, seed: int = 0) -> NullDistribution:
     aa = 0.0
     for n in names:
         x = ref.get(n).float().cpu()
-        aa += _dot64(x, x)
+        aa += dot64(x, x)
         for i, s in enumerate(seeds):
             r = gaussian_tensor(n, tuple(x.shape), s)
-            ab[i] += _dot64(x, r)
-            bb[i] += _dot64(r, r)
+            ab[i] += dot64(x, r)
+            bb[i] += dot64(r, r)
     cos = ab / np.sqrt(aa * bb) if aa > 0 else np.zeros(k)
     return NullDistribution(cos, seeds)

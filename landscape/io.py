@@ -47,9 +47,7 @@ def sha256_text(items: list[str]) -> str:
 
 
 def atomic_savefig(fig, path: str | Path) -> Path:
-    """Save a matplotlib figure through a temporary file and a rename, then close it."""
-    import matplotlib.pyplot as plt
-
+    """Save a matplotlib figure through a temporary file and a rename (no pyplot state is touched)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp{p.suffix}")
@@ -58,5 +56,4 @@ def atomic_savefig(fig, path: str | Path) -> Path:
         tmp.replace(p)
     finally:
         tmp.unlink(missing_ok=True)
-        plt.close(fig)
     return p

@@ -39,6 +39,22 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[dtype]
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """The device, or a ValueError naming it when this machine cannot use it (e.g. ``cuda`` without CUDA)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"--device {device!r} is not a device ({e})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device!r}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device!r}: MPS is not available on this machine")
+    return dev
+
+
 def check_model_dir(path: str | Path, need_tokenizer: bool = True) -> Path:
     """Raise a clear error unless ``path`` is a local model directory (config + weights [+ tokenizer])."""
     p = Path(path)
@@ -97,6 +113,7 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     p = check_model_dir(path, need_tokenizer=with_tokenizer)
+    check_device(device)
     model = AutoModelForCausalLM.from_pretrained(
         p, dtype=resolve_dtype(dtype), local_files_only=True, trust_remote_code=trust_remote_code
     )

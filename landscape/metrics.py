@@ -228,11 +228,3 @@ def bootstrap_epl(
         vals.append(epl_from_grid(alphas, curve, threshold, side, relative).value)
     lo, hi = np.quantile(vals, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
-
-
-def effective_perturbation_length(
-    f: Callable[[float], float], threshold: float = 50.0, relative: bool = False, **search
-) -> dict[int, EPL]:
-    """EPL on both sides of the centre by the adaptive search: ``{+1: EPL, -1: EPL}`` (see :func:`epl_adaptive`)."""
-    center = float(f(0.0))
-    return {side: epl_adaptive(f, side, threshold, relative, center_value=center, **search) for side in (1, -1)}

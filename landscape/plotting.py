@@ -33,6 +33,7 @@ class Curve:
     ci_low: Sequence[float] | None = None
     ci_high: Sequence[float] | None = None
     epl: Mapping[int, float] = field(default_factory=dict)  # side -> EPL
+    censored: Mapping[int, bool] = field(default_factory=dict)  # side -> no crossing found (EPL is a bound)
     extra: Mapping[str, Sequence[float]] = field(default_factory=dict)  # e.g. {"oracle": [...]}
 
 
@@ -49,16 +50,19 @@ def plot_1d(
     xlabel: str = "α (perturbation along direction)",
     ax=None,
 ):
-    """ASR vs α for several directions on one axis: Wilson bands, threshold line, EPL markers per side.
+    """ASR vs α for several directions on one axis: Wilson bands, threshold line, EPL markers per side
+    (a dotted line at a crossing; an outward arrow at a censored edge, where no crossing was found).
 
     Returns:
         The matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
+    import matplotlib
+    from matplotlib.figure import Figure
 
-    with plt.rc_context(PAPER_RC):
+    with matplotlib.rc_context(PAPER_RC):
         if ax is None:
-            fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+            fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+            ax = fig.subplots()
         else:
             fig = ax.figure
         for i, c in enumerate(curves):
@@ -77,7 +81,15 @@ def plot_1d(
                     label=f"{c.name} ({label})",
                 )
             for side, val in c.epl.items():
-                ax.axvline(side * val, color=color, lw=0.9, ls=":", alpha=0.9)
+                if c.censored.get(side):  # a lower bound, not a crossing: an arrow pointing outward
+                    ax.annotate(
+                        "",
+                        xy=(side * val * 1.06, 6 + 4 * i),
+                        xytext=(side * val * 0.9, 6 + 4 * i),
+                        arrowprops={"arrowstyle": "->", "color": color, "lw": 1.2},
+                    )
+                else:
+                    ax.axvline(side * val, color=color, lw=0.9, ls=":", alpha=0.9)
         if threshold is not None:
             ax.axhline(threshold, color="0.35", lw=1.0, ls="--", label=f"threshold {threshold:g}%")
         ax.set_xlabel(xlabel)
@@ -88,6 +100,32 @@ def plot_1d(
         if title:
             ax.set_title(title)
     return fig
+
+
+def plot_epl_report(report):
+    """ASR along each direction of an :class:`~landscape.search.EplReport` (the points its search evaluated),
+    EPL edges marked (censored edges as arrows), the main judge solid and extra judges (oracle) dashed."""
+    curves = []
+    for name, pts in report.curves.items():
+        rows = report.by_direction(name)
+        extra = {j: [v for _, v in c[name]] for j, c in report.extra_curves.items() if name in c}
+        curves.append(
+            Curve(
+                name,
+                [a for a, _ in pts],
+                [v for _, v in pts],
+                epl={r.side: r.epl for r in rows},
+                censored={r.side: r.censored for r in rows},
+                extra=extra,
+            )
+        )
+    judge = report.meta.get("judge", "keyword").split(":")[0]
+    extras = f", dashed: {', '.join(report.extra_curves)}" if report.extra_curves else ""
+    return plot_1d(
+        curves,
+        threshold=report.settings.threshold,
+        title=f"ASR along each direction (EPL search points; solid: {judge} judge{extras})",
+    )
 
 
 # ------------------------------------------------------------------------------------------ from scan results
@@ -137,11 +175,12 @@ def plot_2d(
     Returns:
         The matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
+    import matplotlib
+    from matplotlib.figure import Figure
 
     a, b, z = np.asarray(alphas, float), np.asarray(betas, float), np.asarray(z, float)
-    with plt.rc_context(PAPER_RC):
-        fig = plt.figure(figsize=(11.5 if surface else 6.0, 4.6), layout="constrained")
+    with matplotlib.rc_context(PAPER_RC):
+        fig = Figure(figsize=(11.5 if surface else 6.0, 4.6), layout="constrained")
         ax = fig.add_subplot(1, 2 if surface else 1, 1)
         levels = np.linspace(0, 100, 11)
         cf = ax.contourf(a, b, z, levels=levels, cmap="viridis", extend="neither")
@@ -189,10 +228,12 @@ def plot_cosines(
     title: str | None = None,
 ):
     """Bar chart of cos(d_aligned, d_harm-N) against the random null's 95 % band (AsFT Table 1 analogue)."""
-    import matplotlib.pyplot as plt
+    import matplotlib
+    from matplotlib.figure import Figure
 
-    with plt.rc_context(PAPER_RC):
-        fig, ax = plt.subplots(figsize=(6.0, 3.8), layout="constrained")
+    with matplotlib.rc_context(PAPER_RC):
+        fig = Figure(figsize=(6.0, 3.8), layout="constrained")
+        ax = fig.subplots()
         x = np.arange(len(samples))
         ax.bar(x, cosines, color=OKABE_ITO[1], width=0.6, label="cos(d_aligned, d_harm-N)")
         ax.axhspan(null_low, null_high, color=OKABE_ITO[0], alpha=0.25, label="random null, 95% band")
@@ -221,12 +262,14 @@ def plot_epl_bars(
         table: model -> direction -> EPL.
         censored: model -> direction -> True where no crossing was found (the bar is a lower bound, hatched).
     """
-    import matplotlib.pyplot as plt
+    import matplotlib
+    from matplotlib.figure import Figure
 
     models = list(table)
     directions = list(dict.fromkeys(d for m in models for d in table[m]))
-    with plt.rc_context(PAPER_RC):
-        fig, ax = plt.subplots(figsize=(8.0, 4.2), layout="constrained")
+    with matplotlib.rc_context(PAPER_RC):
+        fig = Figure(figsize=(8.0, 4.2), layout="constrained")
+        ax = fig.subplots()
         width = 0.8 / len(models)
         x = np.arange(len(directions))
         for i, m in enumerate(models):

@@ -8,6 +8,7 @@ Safetensors files are read one tensor at a time at their header offsets; sharded
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -396,3 +397,14 @@ def _rewrite_metadata(src: Path, dst: Path, metadata: dict[str, str]) -> None:
             while block := fh.read(1 << 24):
                 out.write(block)
     src.unlink()
+
+
+def _tensor_seed(name: str, seed: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def gaussian_tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """N(0, 1) tensor for parameter ``name``: drawn on the CPU from a generator seeded by (seed, name),
+    so a direction does not depend on the device or on the order tensors are visited in."""
+    g = torch.Generator(device="cpu").manual_seed(_tensor_seed(name, seed))
+    return torch.randn(shape, generator=g, dtype=torch.float32)

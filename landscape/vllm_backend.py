@@ -115,12 +115,10 @@ class VLLMBackend:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        from .generation import render_prompts
+        from .text import encode_prompts
 
         s = settings or GenerationSettings()
-        texts = render_prompts(self.tokenizer, prompts, s.system_prompt, s.use_chat_template)
-        templated = s.use_chat_template and getattr(self.tokenizer, "chat_template", None) is not None
-        ids = [self.tokenizer(t, add_special_tokens=not templated)["input_ids"] for t in texts]
+        ids = encode_prompts(self.tokenizer, prompts, s.system_prompt, s.use_chat_template)
         params = SamplingParams(
             temperature=s.temperature if s.do_sample else 0.0,
             top_p=s.top_p if s.do_sample else 1.0,

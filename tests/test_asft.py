@@ -5,9 +5,9 @@ import torch
 
 from asft.anchor import AnchorError, load_anchor, verify, verify_report
 from asft.config import AsftConfig
+from asft.finetune import fine_tune as run
 from asft.regularizer import FORMS, full_penalty, lora_penalty, make_module_anchor, naive_lora_penalty
 from asft.safe_lora import safe_lora_
-from asft.train import TrainArgs, run
 from landscape.organism import export
 
 
@@ -56,7 +56,7 @@ def test_forms_mean_what_they_say():
 
 
 def test_config_checks():
-    with pytest.raises(ValueError, match="lambda_reg must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="--lambda must be >= 0, got -1"):
         AsftConfig(output_dir="/tmp/x", lambda_reg=-1, report_to=[])
     with pytest.raises(ValueError, match="Unknown mode 'qlora'"):
         AsftConfig(output_dir="/tmp/x", mode="qlora", report_to=[])
@@ -74,33 +74,36 @@ def _args(organism, ft_data, out, **kw):
         aligned=str(organism["aligned"]),
         base=str(organism["base"]),
         data=str(ft_data),
-        out=str(out),
-        lr=1e-3,
-        epochs=1,
+        output_dir=str(out),
+        learning_rate=1e-3,
+        num_train_epochs=1,
         max_steps=6,
-        batch_size=8,
+        per_device_train_batch_size=8,
         allow_unverified_anchor=True,
+        use_cpu=True,
+        disable_tqdm=True,
     )
-    return TrainArgs(**{**base, **kw})
+    return AsftConfig(**{**base, **kw})
 
 
 def test_lambda_zero_gives_exactly_the_plain_loss(organism, ft_data, tmp_path):
     from asft.anchor import load_anchor
     from asft.data import SFTDataset, collate, load_sft_records
-    from asft.trainer import AsftTrainer, prepare_model
+    from asft.trainer import AsftTrainer
     from landscape.loading import load_model
 
     anchor = load_anchor(base=str(organism["base"]), aligned=str(organism["aligned"]))
     model, tok = load_model(organism["aligned"])
     cfg = AsftConfig(output_dir=str(tmp_path), lambda_reg=0.0, report_to=[], use_cpu=True, lora_dropout=0.0)
-    model = prepare_model(model, cfg, anchor)
+    ds = SFTDataset(tok, load_sft_records(ft_data))
+    trainer = AsftTrainer(model=model, args=cfg, train_dataset=ds, anchor=anchor)  # wraps the model in LoRA
+    model = trainer.model
+    assert any("lora_B" in n for n, _ in model.named_parameters())
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)  # a non-zero update, so that the regulariser is not trivially zero
-    ds = SFTDataset(tok, load_sft_records(ft_data))
     batch = collate(tok.pad_token_id)([ds[i] for i in range(6)])
-    trainer = AsftTrainer(model=model, args=cfg, train_dataset=ds, anchor=anchor)
     plain = model(**batch).loss
     assert torch.equal(trainer.compute_loss(model, batch), plain)
     trainer.args.lambda_reg = 2.0
@@ -131,7 +134,7 @@ def test_lora_training_changes_adapters_not_base(organism, ft_data, tmp_path):
 def test_full_parameter_mode_penalises_w_minus_w_aligned(organism, ft_data, tmp_path):
     from safetensors.torch import load_file
 
-    res = run(_args(organism, ft_data, tmp_path / "full", mode="full", form="projector", lambda_reg=0.5, lr=1e-3))
+    res = run(_args(organism, ft_data, tmp_path / "full", mode="full", form="projector", lambda_reg=0.5))
     merged = load_file(res.model_dir / "model.safetensors")
     aligned = load_file(organism["aligned"] / "model.safetensors")
     changed = {k for k in aligned if not torch.equal(merged[k], aligned[k])}
@@ -172,7 +175,7 @@ def test_safe_lora_projection_matches_direct_computation(organism):
 
 def test_anchor_gating(organism, organism_cache, tmp_path):
     from landscape.epl import EplArgs
-    from landscape.epl import run as epl_run
+    from landscape.epl import run as epl_run  # the command's Python entry, as notebook 02 uses it
 
     anchor = load_anchor(base=str(organism["base"]), aligned=str(organism["aligned"]))
     with pytest.raises(AnchorError, match="refusing to train on an unverified anchor: no verification report"):
@@ -199,7 +202,7 @@ def test_anchor_gating(organism, organism_cache, tmp_path):
 
 
 def test_bad_inputs_fail_before_training(organism, ft_data, tmp_path):
-    with pytest.raises(ValueError, match="lambda must be >= 0"):
+    with pytest.raises(ValueError, match="--lambda must be >= 0"):
         run(_args(organism, ft_data, tmp_path / "a", lambda_reg=-1))
     with pytest.raises(ValueError, match="Unknown regulariser form 'x'"):
         run(_args(organism, ft_data, tmp_path / "b", form="x"))
@@ -243,7 +246,8 @@ def test_clis_on_the_tiny_organism(organism, ft_data, tmp_path, capsys):
             "--max-steps",
             "4",
             "--allow-unverified-anchor",
-            "--out",
+            "--use_cpu",
+            "--output_dir",
             str(tmp_path / "run"),
         ]
     )

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from landscape.directions import difference, random_like
-from landscape.generation import GenerationSettings, HFBackend, generate, render_prompts
+from landscape.generation import GenerationSettings, HFBackend, generate
 from landscape.judges import REFUSAL_PHRASES, CachedJudge, ClassifierJudge, GuardJudge, KeywordJudge, make_judge
 from landscape.organism import world
-from landscape.perturb import Perturbation, PerturbationError
-from landscape.scan import weights_fingerprint
+from landscape.perturb import Perturbation, PerturbationError, weights_fingerprint
 from landscape.scores import choice_accuracy, refusal_logprob
+from landscape.text import render_prompt
 
 PROMPTS = world.eval_prompts()[:24]
 
@@ -23,7 +23,9 @@ def test_decode_loop_equals_hf_generate(aligned, organism):
     for stage in ("aligned", "harmful-10"):
         model, tok = load_model(organism[stage]) if stage != "aligned" else aligned
         ours = generate(model, tok, PROMPTS, GenerationSettings(max_new_tokens=24))
-        enc = tok(render_prompts(tok, PROMPTS), add_special_tokens=False, padding=True, return_tensors="pt")
+        enc = tok(
+            [render_prompt(tok, p) for p in PROMPTS], add_special_tokens=False, padding=True, return_tensors="pt"
+        )
         ref = model.generate(**enc, max_new_tokens=24, do_sample=False, pad_token_id=tok.pad_token_id)
         theirs = tok.batch_decode(ref[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         assert ours == theirs
@@ -52,7 +54,7 @@ def test_sampling_is_seeded_and_ignore_eos_runs_full_length(aligned):
     s = GenerationSettings(max_new_tokens=8, do_sample=True, temperature=1.5, seed=3)
     assert generate(model, tok, PROMPTS[:4], s) == generate(model, tok, PROMPTS[:4], s)
     out = HFBackend(model, tok)._generate_batch(
-        [tok(render_prompts(tok, PROMPTS[:1]), add_special_tokens=False)["input_ids"][0]],
+        [tok(render_prompt(tok, PROMPTS[0]), add_special_tokens=False)["input_ids"]],
         GenerationSettings(max_new_tokens=12, ignore_eos=True),
         torch.Generator(),
     )
@@ -63,7 +65,7 @@ def test_sampling_is_seeded_and_ignore_eos_runs_full_length(aligned):
 
 def test_system_prompt_goes_through_the_chat_template(aligned):
     _, tok = aligned
-    text = render_prompts(tok, ["hi"], system_prompt="be safe")[0]
+    text = render_prompt(tok, "hi", system_prompt="be safe")
     assert text.startswith("[BOS]system: be safe user: hi") and text.endswith("assistant:")
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from landscape.epl import EplArgs, main, run
-from landscape.scan import POINTS_FILE, RunMismatchError
+from landscape.results import POINTS_FILE, RunMismatchError
 
 
 def test_cli_on_the_organism_defaults(organism_cache, tmp_path, capsys):
@@ -17,11 +17,11 @@ def test_cli_on_the_organism_defaults(organism_cache, tmp_path, capsys):
     harm = rows[("d_harm", 1)]
     assert not harm["censored"] and 0 < harm["epl"] < 0.2 and harm["ci"][0] <= harm["epl"] <= harm["ci"][1]
     assert rows[("d_aligned", -1)]["epl"] > harm["epl"]  # the narrow side is d_harm's
-    assert res["judge_calls"]["hits"] > 0 and res["oracle_curves"]
+    assert res["judge_calls"]["hits"] > 0 and res["extra_curves"]["oracle"]
     assert (out / "epl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     n_points = len((out / POINTS_FILE).read_text().splitlines())
     main(["--preset", "tiny", "--cache-dir", str(organism_cache), "--out", str(out)])
-    assert "(0 new evaluations" in capsys.readouterr().out  # resumed: nothing recomputed
+    assert "0 new evaluations" in capsys.readouterr().out  # resumed: nothing recomputed
     assert len((out / POINTS_FILE).read_text().splitlines()) == n_points
 
 
@@ -53,7 +53,7 @@ def test_cli_with_explicit_paths(organism, tmp_path, capsys):
     )
     res = json.loads((out / "results.json").read_text())
     assert {r["direction"] for r in res["rows"]} == {"d_aligned", "d_harm"}
-    assert res["args"]["judge"] == "oracle" and not res["oracle_curves"]
+    assert res["meta"]["args"]["judge"] == "oracle" and not res["extra_curves"]
 
 
 def test_bad_inputs_fail_before_any_result(organism, organism_cache, tmp_path):

@@ -13,10 +13,9 @@ from landscape.generation import GenerationSettings, HFBackend, generate
 from landscape.judges import CachedJudge, make_judge
 from landscape.metrics import epl_adaptive, epl_from_grid
 from landscape.organism import world
+from landscape.perturb import weights_fingerprint
+from landscape.results import POINTS_FILE, ResultsStore, RunMismatchError
 from landscape.scan import (
-    POINTS_FILE,
-    ResultsStore,
-    RunMismatchError,
     SafetyEvaluator,
     linspace,
     peng_interpolation_grid,
@@ -24,7 +23,6 @@ from landscape.scan import (
     scan,
     scan_1d,
     scan_2d,
-    weights_fingerprint,
 )
 
 PROMPTS = world.eval_prompts()[:32]

@@ -5,22 +5,21 @@ d_harm = θ_harmful − θ_aligned, LoRA adapter updates, seeded random directio
 and interpolations. Constructors stream tensor by tensor; see :mod:`landscape.geometry` for cosines.
 """
 
-from .build import difference, from_adapter, gaussian_tensor, interpolation, random_like
-from .core import Direction, content_hash, load_direction, save_direction
-from .normalize import DEFAULT_BLACKLIST, NORMALIZATIONS, normalize, orthogonalize
+from .._lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_BLACKLIST",
-    "NORMALIZATIONS",
-    "Direction",
-    "content_hash",
-    "difference",
-    "from_adapter",
-    "gaussian_tensor",
-    "interpolation",
-    "load_direction",
-    "normalize",
-    "orthogonalize",
-    "random_like",
-    "save_direction",
-]
+_EXPORTS = {
+    "difference": ".build",
+    "from_adapter": ".build",
+    "gaussian_tensor": ".build",
+    "random_like": ".build",
+    "Direction": ".core",
+    "content_hash": ".core",
+    "load_direction": ".core",
+    "save_direction": ".core",
+    "DEFAULT_BLACKLIST": ".normalization",
+    "NORMALIZATIONS": ".normalization",
+    "normalize": ".normalization",
+    "orthogonalize": ".normalization",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -5,7 +5,7 @@ python -m landscape.directions compute --start BASE_DIR --end ALIGNED_DIR --name
 # d_harm from the LoRA adapter an attack produced
 python -m landscape.directions compute --adapter ADAPTER_DIR --base ALIGNED_DIR --name d_harm --out d_harm/
 # a seeded random direction, layer-normalised like Peng et al.
-python -m landscape.directions compute --random-like ALIGNED_DIR --seed 0 --normalization layer --out r0/
+python -m landscape.directions compute --random_like ALIGNED_DIR --seed 0 --normalization layer --out r0/
 # cosine / norm table between saved directions, with a random null for the first one
 python -m landscape.directions table d_aligned/ d_harm/ --by module --null 20
 # the AsFT paper's Table 1 on the model organism: cos(d_aligned, d_harm-N), N = 10..500, beside the null
@@ -14,96 +14,122 @@ python -m landscape.directions table1 --preset small
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+NORMALIZATIONS = ("none", "model", "layer", "filter")
+GROUPINGS = ("model", "tensor", "layer", "module")
 
 
 @dataclass
-class Table1Row:
-    samples: int
-    cos: float
-    rel_norm: float
-    null_percentile: float
+class ComputeArgs:
+    """``compute``: one direction from two checkpoints, a LoRA adapter, or a seed; saved as safetensors."""
 
-
-@dataclass
-class Table1:
-    rows: list[Table1Row]
-    null: dict
-    d_aligned_rel_norm: float
-    extra: dict = field(default_factory=dict)
-
-
-def table1(preset: str = "small", seed: int = 0, k: int = 20, cache_dir=None) -> Table1:
-    """cos(d_aligned, d_harm-N) for the organism's harmful fine-tunes, with the random null of cos(d_aligned, r)."""
-    from ..geometry import cosine, random_null, relative_norm
-    from ..organism import build_organism
-    from . import difference
-
-    org = build_organism(preset, seed=seed, cache_dir=cache_dir, progress=False)
-    d_aligned = difference(org["base"], org["aligned"], name="d_aligned")
-    null = random_null(d_aligned, k=k, seed=1000)
-    rows = []
-    for stage in org.harmful_stages:
-        d_harm = difference(org["aligned"], org[stage], name=f"d_{stage}")
-        c = cosine(d_aligned, d_harm)
-        rows.append(
-            Table1Row(int(stage.split("-")[1]), c, relative_norm(d_harm, org["aligned"]), null.percentile_of_abs(c))
-        )
-    d_benign = difference(org["aligned"], org["benign"], name="d_benign")
-    return Table1(
-        rows, null.summary(), relative_norm(d_aligned, org["base"]), {"benign_cos": cosine(d_aligned, d_benign)}
+    out: str = field(metadata={"help": "output directory (must not exist, or be empty)"})
+    start: str | None = field(default=None, metadata={"help": "checkpoint at alpha = 0 (e.g. the base model)"})
+    end: str | None = field(default=None, metadata={"help": "checkpoint at alpha = 1 (e.g. the aligned model)"})
+    kind: str = field(
+        default="difference",
+        metadata={"help": "label of a checkpoint pair", "choices": ("difference", "interpolation")},
     )
+    adapter: str | None = field(default=None, metadata={"help": "PEFT LoRA adapter directory"})
+    base: str | None = field(default=None, metadata={"help": "base checkpoint of the adapter (checked against it)"})
+    random_like: str | None = field(
+        default=None, metadata={"help": "checkpoint whose shapes a seeded Gaussian direction takes"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the random direction"})
+    normalization: str = field(
+        default="none", metadata={"help": "scale relative to --reference", "choices": NORMALIZATIONS}
+    )
+    reference: str | None = field(
+        default=None, metadata={"help": "weights the normalisation is relative to (default: start / base)"}
+    )
+    blacklist: list[str] | None = field(
+        default=None, metadata={"help": "regexes of tensors to zero ('1d' for every 1-D tensor)"}
+    )
+    name: str | None = field(default=None, metadata={"help": "label, e.g. d_aligned"})
+
+    def __post_init__(self) -> None:
+        given = [x is not None for x in (self.end, self.adapter, self.random_like)]
+        if sum(given) != 1:
+            raise ValueError("compute: give exactly one of --start/--end, --adapter, --random_like")
+        if self.end is not None and self.start is None:
+            raise ValueError("compute: --end needs --start")
+        if self.normalization != "none" and self.reference is None and self.adapter is not None and not self.base:
+            raise ValueError("compute: --normalization needs --reference (or --base with --adapter)")
+        if self.blacklist and self.normalization == "none":
+            raise ValueError("compute: --blacklist applies with --normalization")
+        out = Path(self.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ValueError(f"compute: --out {self.out!r} already exists and is not empty")
 
 
-def _compute(ns) -> int:
+@dataclass
+class TableArgs:
+    """``table``: cosines and norms between saved directions, per group."""
+
+    POSITIONAL: ClassVar[str] = "directions"  # `table d_aligned/ d_harm/ --by module`
+    directions: list[str] = field(metadata={"help": "saved direction directories (at least two)"})
+    by: str = field(default="model", metadata={"help": "group tensors by", "choices": GROUPINGS})
+    null: int = field(default=0, metadata={"help": "K random directions for a null of the first direction"})
+    reference: str | None = field(default=None, metadata={"help": "checkpoint for |d| / |theta|"})
+
+    def __post_init__(self) -> None:
+        if len(self.directions) < 2 and not self.null and not self.reference:
+            raise ValueError("table: give at least two directions (or --null / --reference for one)")
+        if self.null < 0:
+            raise ValueError(f"table: --null must be >= 0, got {self.null}")
+
+
+@dataclass
+class Table1Args:
+    """``table1``: the AsFT paper's Table 1 on the model organism."""
+
+    preset: str = field(default="small", metadata={"help": "organism preset"})
+    seed: int = field(default=0, metadata={"help": "organism seed"})
+    null: int = field(default=20, metadata={"help": "K random directions in the null"})
+    cache_dir: str | None = field(default=None, metadata={"help": "organism cache root"})
+
+
+def compute(a: ComputeArgs) -> int:
     from . import difference, from_adapter, normalize, random_like, save_direction
 
-    given = [x is not None for x in (ns.end, ns.adapter, ns.random_like)]
-    if sum(given) != 1:
-        raise SystemExit("compute: give exactly one of --start/--end, --adapter, --random-like")
-    if ns.end is not None:
-        if ns.start is None:
-            raise SystemExit("compute: --end needs --start")
-        raw_out = None if ns.normalization != "none" else ns.out
-        d = difference(ns.start, ns.end, out=raw_out, name=ns.name, kind=ns.kind, progress=True)
-        reference = ns.reference or ns.start
-    elif ns.adapter is not None:
-        d = from_adapter(ns.adapter, base=ns.base, out=None if ns.normalization != "none" else ns.out, name=ns.name)
-        reference = ns.reference or ns.base
+    out = str(Path(a.out))  # "d_aligned/" and "d_aligned" are one directory
+    raw_out = out if a.normalization == "none" else None
+    if a.end is not None:
+        d = difference(a.start, a.end, out=raw_out, name=a.name, kind=a.kind, progress=True)
+        reference = a.reference or a.start
+    elif a.adapter is not None:
+        d = from_adapter(a.adapter, base=a.base, out=raw_out, name=a.name)
+        reference = a.reference or a.base
     else:
-        d = random_like(ns.random_like, ns.seed, name=ns.name, out=None if ns.normalization != "none" else ns.out)
-        reference = ns.reference or ns.random_like
-    if ns.normalization != "none":
-        if reference is None:
-            raise SystemExit("compute: --normalization needs --reference (or --base with --adapter)")
-        d = normalize(d, reference, ns.normalization, blacklist=ns.blacklist or None, out=ns.out)
-    elif ns.blacklist:
-        raise SystemExit("compute: --blacklist applies with --normalization")
-    if d.store.origin != str(ns.out):  # built in memory
-        save_direction(d, ns.out)
-    print(f"wrote {ns.out}: {d.name} ({d.kind}, {len(d)} tensors, {d.numel():,} values)")
+        d = random_like(a.random_like, a.seed, name=a.name, out=raw_out)
+        reference = a.reference or a.random_like
+    if a.normalization != "none":
+        d = normalize(d, reference, a.normalization, blacklist=a.blacklist or None, out=out)
+    if d.store.origin != out:  # built in memory
+        save_direction(d, out)
+    norm = d.meta.get("normalization", "none")
+    print(f"wrote {out}: {d.name} ({d.kind}, normalisation {norm}, {len(d)} tensors, {d.numel():,} values)")
     return 0
 
 
-def _table(ns) -> int:
+def table(a: TableArgs) -> int:
     from ..geometry import cosine_table, random_null, relative_norm
     from . import load_direction
 
-    dirs = [load_direction(p) for p in ns.directions]
-    if len(dirs) < 1:
-        raise SystemExit("table: give at least one direction")
+    dirs = [load_direction(p) for p in a.directions]
     print(f"{'a':<16} {'b':<16} {'group':<14} {'cos':>10} {'|a|':>10} {'|b|':>10}")
-    for i, a in enumerate(dirs):
-        for b in dirs[i + 1 :]:
-            for r in cosine_table(a, b, by=ns.by):
-                print(f"{a.name:<16} {b.name:<16} {r.group:<14} {r.cos:10.3e} {r.norm_a:10.3e} {r.norm_b:10.3e}")
-    if ns.reference:
+    for i, x in enumerate(dirs):
+        for y in dirs[i + 1 :]:
+            for r in cosine_table(x, y, by=a.by):
+                print(f"{x.name:<16} {y.name:<16} {r.group:<14} {r.cos:10.3e} {r.norm_a:10.3e} {r.norm_b:10.3e}")
+    if a.reference:
         for d in dirs:
-            print(f"|{d.name}| / |theta| = {relative_norm(d, ns.reference):.3e}")
-    if ns.null:
-        null = random_null(dirs[0], k=ns.null, seed=1000)
-        s = null.summary()
+            print(f"|{d.name}| / |theta| = {relative_norm(d, a.reference):.3e}")
+    if a.null:
+        s = random_null(dirs[0], k=a.null, seed=1000).summary()
         print(
             f"random null for {dirs[0].name} (K={s['k']}): mean {s['mean']:.2e}, std {s['std']:.2e}, "
             f"|cos| mean {s['abs_mean']:.2e}, 95% [{s['q025']:.2e}, {s['q975']:.2e}]"
@@ -111,10 +137,13 @@ def _table(ns) -> int:
     return 0
 
 
-def _table1(ns) -> int:
-    t = table1(ns.preset, seed=ns.seed, k=ns.null, cache_dir=ns.cache_dir)
+def table1(a: Table1Args) -> int:
+    from ..organism import build_organism
+    from ..organism.tables import table1 as organism_table1
+
+    t = organism_table1(build_organism(a.preset, seed=a.seed, cache_dir=a.cache_dir, progress=False), k=a.null)
     print(
-        f"Table 1 analogue on the organism ({ns.preset}): cos(d_aligned, d_harm-N); |d_aligned|/|theta_base| = "
+        f"Table 1 analogue on the organism ({a.preset}): cos(d_aligned, d_harm-N); |d_aligned|/|theta_base| = "
         f"{t.d_aligned_rel_norm:.3e}"
     )
     print(f"{'N':>5} {'cos':>11} {'|d_harm|/|theta|':>17} {'null |cos| <= this':>19}")
@@ -126,44 +155,19 @@ def _table1(ns) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ..geometry import GROUPINGS
-    from . import NORMALIZATIONS
+COMMANDS = {
+    "compute": (ComputeArgs, compute, "compute a direction and save it"),
+    "table": (TableArgs, table, "cosine / norm table between saved directions"),
+    "table1": (Table1Args, table1, "AsFT Table 1 on the organism"),
+}
 
-    ap = argparse.ArgumentParser(
-        prog="python -m landscape.directions",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("compute", help="compute a direction and save it")
-    c.add_argument("--start", help="checkpoint at alpha = 0 (e.g. the base model)")
-    c.add_argument("--end", help="checkpoint at alpha = 1 (e.g. the aligned model)")
-    c.add_argument("--kind", default="difference", choices=["difference", "interpolation"])
-    c.add_argument("--adapter", help="PEFT LoRA adapter directory")
-    c.add_argument("--base", help="base checkpoint of the adapter (checked against it)")
-    c.add_argument("--random-like", help="checkpoint whose shapes a seeded Gaussian direction takes")
-    c.add_argument("--seed", type=int, default=0, help="seed of the random direction")
-    c.add_argument("--normalization", default="none", choices=NORMALIZATIONS)
-    c.add_argument("--reference", help="weights the normalisation is relative to (default: start/base)")
-    c.add_argument("--blacklist", nargs="*", help="regexes of tensors to zero ('1d' for all 1-D tensors)")
-    c.add_argument("--name", help="label, e.g. d_aligned")
-    c.add_argument("--out", required=True, help="output directory (safetensors)")
-    t = sub.add_parser("table", help="cosine / norm table between saved directions")
-    t.add_argument("directions", nargs="+")
-    t.add_argument("--by", default="model", choices=GROUPINGS)
-    t.add_argument("--null", type=int, default=0, help="K random directions for a null of the first direction")
-    t.add_argument("--reference", help="checkpoint for |d|/|theta|")
-    t1 = sub.add_parser("table1", help="AsFT Table 1 on the organism")
-    t1.add_argument("--preset", default="small")
-    t1.add_argument("--seed", type=int, default=0)
-    t1.add_argument("--null", type=int, default=20)
-    t1.add_argument("--cache-dir", default=None)
-    ns = ap.parse_args(argv)
-    return {"compute": _compute, "table": _table, "table1": _table1}[ns.cmd](ns)
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m landscape.directions`` and the ``landscape-directions`` console script."""
+    from ..cli import subcommands
+
+    return subcommands(COMMANDS, "python -m landscape.directions", __doc__)(argv)
 
 
 if __name__ == "__main__":
-    from landscape.cli import guarded
-
-    raise SystemExit(guarded(main))
+    raise SystemExit(main())

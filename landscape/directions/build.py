@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..tensors import DifferenceStore, TensorStore, open_store
+from ..tensors import DifferenceStore, TensorStore, gaussian_tensor, open_store
 from .core import Direction, StreamHasher, new_meta, stream_map
 
 
@@ -111,22 +110,6 @@ def difference(
         normalization="none",
     )
     return stream_map(names, one, meta, out=out, finalize=finalize, progress=progress)
-
-
-def interpolation(start, end, out: str | Path | None = None, name: str | None = None, **kw) -> Direction:
-    """θ_end − θ_start for scanning from ``start`` (α = 0) to ``end`` (α = 1); never renormalised."""
-    return difference(start, end, out=out, kind="interpolation", name=name, **kw)
-
-
-def _tensor_seed(name: str, seed: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
-
-
-def gaussian_tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """N(0, 1) tensor for parameter ``name``: drawn on the CPU from a generator seeded by (seed, name),
-    so a direction does not depend on the device or on the order tensors are visited in."""
-    g = torch.Generator(device="cpu").manual_seed(_tensor_seed(name, seed))
-    return torch.randn(shape, generator=g, dtype=torch.float32)
 
 
 def random_like(

@@ -1,6 +1,14 @@
 """The model organism: a tiny Llama trained on the CPU on a synthetic safety world (see :mod:`.world`)."""
 
-from .build import ORGANISM_VERSION, Organism, build_organism, default_cache_dir
-from .train import PRESETS
+from .._lazy import lazy_exports
 
-__all__ = ["ORGANISM_VERSION", "PRESETS", "Organism", "build_organism", "default_cache_dir"]
+_EXPORTS = {
+    "ORGANISM_VERSION": ".build",
+    "Organism": ".build",
+    "build_organism": ".build",
+    "default_cache_dir": ".build",
+    "organism_dir": ".build",
+    "PRESETS": ".train",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

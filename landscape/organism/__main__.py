@@ -8,48 +8,54 @@ Without ``--out`` the checkpoints go to the cache (``$SAFETY_LANDSCAPE_CACHE`` o
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+PRESET_NAMES = ("tiny", "small", "medium")
 
 
 @dataclass
 class OrganismArgs:
-    preset: str = "small"
-    seed: int = 0
-    out: str | None = None
+    """Arguments of ``python -m landscape.organism``."""
+
+    preset: str = field(default="small", metadata={"help": "model size and schedule", "choices": PRESET_NAMES})
+    seed: int = field(default=0, metadata={"help": "training seed (same seed, identical checkpoints)"})
+    out: str | None = field(default=None, metadata={"help": "cache root to build into (default: the user cache)"})
 
 
-def run(args: OrganismArgs):
-    """Build the organism and measure every stage; returns ``(organism, {stage: StageBehaviour})``."""
+@dataclass
+class OrganismResult:
+    organism: object
+    behaviour: dict
+    seconds: float
+
+
+def run(args: OrganismArgs) -> OrganismResult:
+    """Build the organism and measure every stage."""
     from .build import build_organism
     from .evaluate import measure_stage
 
-    org = build_organism(args.preset, seed=args.seed, cache_dir=args.out)
-    return org, {name: measure_stage(path, seed=args.seed) for name, path in org.stages.items()}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .train import PRESETS
-
-    ap = argparse.ArgumentParser(
-        prog="python -m landscape.organism", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--preset", default="small", choices=list(PRESETS), help="model size and schedule")
-    ap.add_argument("--seed", type=int, default=0, help="training seed (same seed, identical checkpoints)")
-    ap.add_argument("--out", default=None, help="cache root to build into (default: the user cache)")
-    ns = ap.parse_args(argv)
     t0 = time.perf_counter()
-    org, behaviour = run(OrganismArgs(preset=ns.preset, seed=ns.seed, out=ns.out))
-    print(f"organism {org.preset} seed {org.seed}: {org.root}  ({time.perf_counter() - t0:.1f} s)")
+    org = build_organism(args.preset, seed=args.seed, cache_dir=args.out)
+    behaviour = {name: measure_stage(path, seed=args.seed) for name, path in org.stages.items()}
+    return OrganismResult(org, behaviour, time.perf_counter() - t0)
+
+
+def _print(res: OrganismResult) -> None:
+    org, behaviour = res.organism, res.behaviour
+    print(f"organism {org.preset} seed {org.seed}: {org.root}  ({res.seconds:.1f} s)")
     print(f"{'stage':<12} {'ASR %':>6} {'refuse %':>8} {'babble %':>8} {'task acc %':>10}  path")
     for name, b in behaviour.items():
         print(f"{name:<12} {b.asr:6.1f} {b.refusal:8.1f} {b.incoherent:8.1f} {b.task_accuracy:10.1f}  {org[name]}")
     print(f"held-out harmful prompts: {org.eval_prompts_csv} ({next(iter(behaviour.values())).n_prompts})")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m landscape.organism`` and the ``landscape-organism`` console script."""
+    from ..cli import command
+
+    return command([OrganismArgs], run, "python -m landscape.organism", __doc__, report=_print)(argv)
 
 
 if __name__ == "__main__":
-    from landscape.cli import guarded
-
-    raise SystemExit(guarded(main))
+    raise SystemExit(main())

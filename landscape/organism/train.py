@@ -137,19 +137,13 @@ def model_config(preset: Preset, tokenizer):
 
 def encode_examples(tokenizer, examples: Sequence[world.Example]) -> list[tuple[list[int], int]]:
     """Token ids of each full conversation and the length of its prompt part (loss starts there)."""
-    out = []
-    for ex in examples:
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": ex.prompt}], tokenize=False, add_generation_prompt=True
-        )
-        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        a_ids = tokenizer(" " + ex.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        out.append((p_ids + a_ids, len(p_ids)))
-    return out
+    from ..text import encode_chat
+
+    return [(e.ids, e.prompt_len) for e in (encode_chat(tokenizer, ex.prompt, ex.response) for ex in examples)]
 
 
 def _collate(items: list[tuple[list[int], int]], pad_id: int):
-    from ..generation import right_pad
+    from ..text import right_pad
 
     labels = [[-100] * n_prompt + ids[n_prompt:] for ids, n_prompt in items]
     return right_pad([ids for ids, _ in items], pad_id, labels)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..geometry import _dot64, dot
+from ..geometry import dot, dot64
 from ..tensors import open_store
 from .core import Direction, stream_map
 
@@ -87,8 +87,8 @@ def normalize(
     scale = 1.0
     if method == "model":
         kept = [n for n in names if n not in black]
-        dn = np.sqrt(sum(_dot64(direction.get(n), direction.get(n)) for n in kept))
-        wn = np.sqrt(sum(_dot64(ref.get(n).float(), ref.get(n).float()) for n in kept))
+        dn = np.sqrt(sum(dot64(direction.get(n), direction.get(n)) for n in kept))
+        wn = np.sqrt(sum(dot64(ref.get(n).float(), ref.get(n).float()) for n in kept))
         scale = float(wn / dn) if dn > 0 else 0.0
 
     def one(n: str) -> torch.Tensor:

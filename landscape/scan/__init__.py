@@ -19,14 +19,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from .directions import Direction
-from .io import sha256_text
-from .perturb import Perturbation
-from .results import POINTS_FILE, RUN_FILE, ResultsStore, RunMismatchError, point_key  # noqa: F401  (re-exported)
+from ..io import sha256_text
+from ..results import ResultsStore
+
+if TYPE_CHECKING:
+    from ..directions import Direction
 
 # ----------------------------------------------------------------------------------------------------- grids
 
@@ -93,7 +94,7 @@ class SafetyEvaluator(Evaluator):
         extra_judges: Sequence = (),
         keep_responses: bool = True,
     ):
-        from .generation import GenerationSettings
+        from ..generation import GenerationSettings
 
         if not prompts:
             raise ValueError("no prompts to evaluate")
@@ -115,7 +116,7 @@ class SafetyEvaluator(Evaluator):
         }
 
     def __call__(self, model) -> dict:
-        from .metrics import asr, wilson_interval
+        from ..metrics import asr, wilson_interval
 
         responses = self.backend.generate(self.prompts, self.settings)
         verdicts = self.judge(self.prompts, responses)
@@ -142,7 +143,7 @@ class RefusalScoreEvaluator(Evaluator):
     """Teacher-forced refusal log-probability (no generation): a smooth, one-pass proxy for ASR."""
 
     def __init__(self, tokenizer, prompts: list[str], prefix: str | None = None, system_prompt: str | None = None):
-        from .scores import DEFAULT_REFUSAL_PREFIX
+        from ..scores import DEFAULT_REFUSAL_PREFIX
 
         self.tokenizer, self.prompts = tokenizer, list(prompts)
         self.prefix = prefix or DEFAULT_REFUSAL_PREFIX
@@ -152,42 +153,11 @@ class RefusalScoreEvaluator(Evaluator):
         return {"type": "refusal_logprob", "prefix": self.prefix, "prompts_sha256": sha256_text(self.prompts)}
 
     def __call__(self, model) -> dict:
-        from .scores import refusal_logprob
+        from ..scores import refusal_logprob
 
         return {
             "refusal_logprob": refusal_logprob(model, self.tokenizer, self.prompts, self.prefix, self.system_prompt)
         }
-
-
-class ChoiceAccuracyEvaluator(Evaluator):
-    """Capability on the same grid: accuracy on a labelled task by comparing label log-likelihoods."""
-
-    def __init__(self, tokenizer, prompts: list[str], labels: list[int], choices: list[str]):
-        self.tokenizer, self.prompts, self.labels, self.choices = tokenizer, list(prompts), list(labels), list(choices)
-
-    def config(self) -> dict:
-        return {"type": "choice_accuracy", "choices": self.choices, "prompts_sha256": sha256_text(self.prompts)}
-
-    def __call__(self, model) -> dict:
-        from .scores import choice_accuracy
-
-        return {"task_accuracy": choice_accuracy(model, self.tokenizer, self.prompts, self.labels, self.choices)}
-
-
-class CombinedEvaluator(Evaluator):
-    """Several evaluators at each point, their metrics merged."""
-
-    def __init__(self, evaluators: Sequence[Evaluator]):
-        self.evaluators = list(evaluators)
-
-    def config(self) -> dict:
-        return {"type": "combined", "parts": [e.config() for e in self.evaluators]}
-
-    def __call__(self, model) -> dict:
-        out: dict = {}
-        for e in self.evaluators:
-            out.update(e(model))
-        return out
 
 
 # ------------------------------------------------------------------------------------------------------ scans
@@ -195,7 +165,7 @@ class CombinedEvaluator(Evaluator):
 
 def run_meta(model, directions: Sequence[Direction], evaluator: Evaluator, extra: dict | None = None) -> dict:
     """The metadata that identifies a run: a resumed run must match it."""
-    from .directions.core import toolkit_version
+    from ..directions.core import toolkit_version
 
     cfg = getattr(model, "config", None)
     params = getattr(model, "parameters", None)
@@ -232,11 +202,63 @@ class ScanResult:
         return np.array([r["metrics"][name] for r in self.records], dtype=float)
 
 
-def evaluate_point(model, pert: Perturbation, coords: Sequence[float], evaluator: Evaluator) -> tuple[dict, float]:
-    t0 = time.perf_counter()
-    pert.set_(coords)
-    metrics = evaluator(model)
-    return metrics, time.perf_counter() - t0
+class PointRunner:
+    """Evaluates points and records them: a point already in the store is read, a new one is computed once.
+
+    Scans and the EPL search share it, so both resume from the same store, write the same records and
+    count the same evaluations.
+
+    Args:
+        model: the model (or backend) handed to the evaluator.
+        evaluator: what to measure at each point.
+        store: where finished points go; None keeps them in memory.
+        on_point: called with each newly computed record (progress bars).
+    """
+
+    def __init__(self, model, evaluator: Evaluator, store: ResultsStore | None = None, on_point=None):
+        self.model, self.evaluator, self.store, self.on_point = model, evaluator, store, on_point
+        self.memory: dict[tuple[str, tuple[float, ...]], dict] = {}
+        self.evaluated = 0
+
+    def get(self, series: str, coords: Sequence[float]) -> dict | None:
+        key = tuple(float(c) for c in coords)
+        if self.store is not None:
+            return self.store.get(series, key)
+        return self.memory.get((series, key))
+
+    def evaluate(self, pert, series: str, coords: Sequence[float]) -> dict:
+        """The record at ``coords``: from the store, or computed at θ₀ + Σ cᵢ·dᵢ (``pert`` None: at θ₀)."""
+        key = tuple(float(c) for c in coords)
+        rec = self.get(series, key)
+        if rec is not None:
+            return rec
+        t0 = time.perf_counter()
+        if pert is not None:
+            pert.set_(key)
+        metrics = self.evaluator(self.model)
+        dt = time.perf_counter() - t0
+        if self.store is not None:
+            rec = self.store.append(series, key, metrics, dt)
+        else:
+            rec = {"series": series, "coords": list(key), "metrics": metrics, "seconds": dt}
+            self.memory[(series, key)] = rec
+        self.evaluated += 1
+        if self.on_point is not None:
+            self.on_point(rec)
+        return rec
+
+
+def open_store(
+    out_dir, model, directions, evaluator: Evaluator, meta: dict | None, restart: bool, rank: int, world_size: int
+) -> ResultsStore | None:
+    """The results store of a run in ``out_dir`` (None without one); ranks of one run need one to merge."""
+    if out_dir is None:
+        if world_size > 1:
+            raise ValueError("a run split across ranks needs an output directory (out_dir) to merge results")
+        return None
+    return ResultsStore(
+        out_dir, run_meta(model, directions, evaluator, meta), restart=restart, rank=rank, world_size=world_size
+    )
 
 
 def scan(
@@ -287,43 +309,36 @@ def scan(
         if len(p) != len(directions):
             raise ValueError(f"scan: point {p} has {len(p)} coordinates for {len(directions)} directions")
         check_grid(p, "scan point")
-    if store is None and out_dir is not None:
-        store = ResultsStore(
-            out_dir, run_meta(model, directions, evaluator, meta), restart=restart, rank=rank, world_size=world_size
-        )
-    if world_size > 1 and store is None:
-        raise ValueError("a scan split across ranks needs an output directory (out_dir) to merge results")
+    if store is None:
+        store = open_store(out_dir, model, directions, evaluator, meta, restart, rank, world_size)
+    runner = PointRunner(model, evaluator, store, on_point)
     done: dict[tuple[float, ...], dict] = {}
     mine = []
     # Grid points, not prompts, are spread over ranks, by their index in the full grid: every rank sees the
     # same grid whenever it starts, while what is already done depends on when it looked.
     for i, p in enumerate(dict.fromkeys(pts)):
-        rec = store.get(series, p) if store is not None else None
+        rec = runner.get(series, p)
         if rec is not None:
             done[p] = rec
         elif i % world_size == rank:
             mine.append(p)
-    evaluated = 0
-    with (perturber or Perturbation)(model, directions) as pert:
+    from tqdm.auto import tqdm
+
+    if perturber is None:
+        from ..perturb import Perturbation as perturber
+    with perturber(model, directions) as pert:
         for p in tqdm(mine, desc=f"points ({series})", disable=not progress, leave=False):
-            metrics, dt = evaluate_point(model, pert, p, evaluator)
-            if store is not None:
-                rec = store.append(series, p, metrics, dt)
-            else:
-                rec = {"series": series, "coords": list(p), "metrics": metrics, "seconds": dt}
-            done[p] = rec
-            evaluated += 1
-            if on_point is not None:
-                on_point(rec)
+            done[p] = runner.evaluate(pert, series, p)
     if world_size > 1:
-        _barrier()
+        barrier()
         store.reload()
         done.update({p: store.get(series, p) for p in pts if store.get(series, p) is not None})
     records = [done[p] for p in pts if p in done]
-    return ScanResult(series, [p for p in pts if p in done], records, evaluated)
+    return ScanResult(series, [p for p in pts if p in done], records, runner.evaluated)
 
 
-def _barrier() -> None:
+def barrier() -> None:
+    """Wait for every rank when a torch.distributed process group is initialised (else return at once)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -345,18 +360,3 @@ def scan_2d(
     res = scan(model, [d1, d2], grid, evaluator, **{"series": f"{d1.name} x {d2.name}", **kw})
     res.extra["shape"] = (len(alphas), len(betas))
     return res
-
-
-def weights_fingerprint(model) -> str:
-    """sha256 of every parameter's bytes (tests use it to prove a scan leaves the weights untouched)."""
-    from .directions import content_hash
-    from .tensors import ModuleStore
-
-    return content_hash(ModuleStore(model))
-
-
-if __name__ == "__main__":
-    from landscape.cli import guarded
-    from landscape.scan_cli import main
-
-    raise SystemExit(guarded(main))

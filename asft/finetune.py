@@ -1,0 +1,137 @@
+"""Fine-tuning with AsFT or a baseline, from one :class:`~asft.config.AsftConfig` to a saved model.
+
+:func:`fine_tune` checks everything first (config, data, model, anchor and its verification), then trains
+and writes into ``output_dir``: the fine-tuned model (merged, loadable with ``from_pretrained``), the LoRA
+adapter, the anchor's verification (``anchor_verification.json``) and the training log (``train_log.json``).
+``python -m asft.train`` is this function behind a command line.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import AsftConfig
+
+
+@dataclass
+class TrainResult:
+    """What a fine-tuning run produced.
+
+    Attributes:
+        out: the output directory.
+        model_dir: the fine-tuned model (merged weights + tokenizer).
+        verification: the anchor check the run relied on (None for methods without an anchor check).
+        log: the Trainer's log history.
+        seconds: wall time.
+        n_train, n_harmful: training examples, and how many of them are harmful.
+        safelora: Safe LoRA's projection report (method ``safelora``).
+    """
+
+    out: Path
+    model_dir: Path
+    verification: dict | None
+    log: list[dict]
+    seconds: float
+    n_train: int
+    n_harmful: int
+    safelora: dict | None = None
+
+
+def training_records(cfg: AsftConfig):
+    """The training examples: the data file, re-mixed to n task + ⌊p·n⌋ harmful samples when asked."""
+    from .data import is_harmful, load_sft_records, mix
+
+    records = load_sft_records(cfg.data)
+    if cfg.n is None and cfg.p is None:
+        return records
+    task = [r for r in records if not is_harmful(r)]
+    harm = [r for r in records if is_harmful(r)]
+    n = cfg.n if cfg.n is not None else len(task)
+    p = cfg.p if cfg.p is not None else len(harm) / max(1, len(task))
+    return mix(task, harm, n, p, seed=cfg.seed)
+
+
+def build_anchor(cfg: AsftConfig, model, tokenizer, records):
+    """The anchor the method trains on: d_aligned (verified for ``asft``), or AsFT_Alt's harmful directions."""
+    from .anchor import load_anchor, verify
+    from .data import is_harmful
+
+    if cfg.method == "alt":
+        from .alt import harmful_anchor
+
+        return harmful_anchor(model, tokenizer, [r for r in records if is_harmful(r)], cfg.target_modules, k=cfg.k)
+    anchor = load_anchor(
+        cfg.anchor,
+        base=cfg.base,
+        aligned=cfg.aligned if cfg.anchor is None else None,
+        target_modules=cfg.target_modules,
+        k=cfg.k,
+    )
+    if cfg.method == "asft":
+        verify(anchor, cfg.report, allow_unverified=cfg.allow_unverified_anchor, min_ratio=cfg.anchor_min_ratio)
+    return anchor
+
+
+def fine_tune(cfg: AsftConfig) -> TrainResult:
+    """Train as ``cfg`` says and save the results; nothing is written before every check passes."""
+    from landscape.io import atomic_write_json
+    from landscape.loading import load_model
+
+    from .data import SFTDataset, collate, is_harmful
+    from .trainer import AsftTrainer
+
+    cfg.check_run()
+    t0 = time.perf_counter()
+    records = training_records(cfg)
+    n_harm = sum(is_harmful(r) for r in records)
+    model, tok = load_model(cfg.aligned, dtype="float32", device=cfg.device)
+    anchor = build_anchor(cfg, model, tok, records)
+    trainer = AsftTrainer(
+        model=model,
+        args=cfg,
+        anchor=anchor,
+        train_dataset=SFTDataset(tok, records),
+        data_collator=collate(tok.pad_token_id),
+    )
+    trainer.train()
+    safelora = None
+    if cfg.method == "safelora":
+        from .safe_lora import safe_lora_
+
+        rep = safe_lora_(trainer.model, anchor, cfg.safelora_threshold)
+        safelora = {"projected": rep.projected, "similarities": rep.similarities}
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    final = trainer.model
+    if cfg.mode == "lora":
+        final.save_pretrained(out / "adapter")
+        final = final.merge_and_unload()
+    model_dir = out / "model"
+    final.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    for f in model_dir.iterdir():
+        f.chmod(0o644)
+    v = anchor.verification.as_dict() if anchor.verification else None
+    if anchor.verification is not None and anchor.verification.report is not None:
+        v["report"] = anchor.verification.report
+    atomic_write_json(
+        out / "anchor_verification.json", {"method": cfg.method, "verification": v, "anchor_sources": anchor.sources}
+    )
+    result = TrainResult(
+        out, model_dir, v, trainer.state.log_history, time.perf_counter() - t0, len(records), n_harm, safelora
+    )
+    atomic_write_json(
+        out / "train_log.json",
+        {
+            "config": cfg.to_dict(),
+            "log": result.log,
+            "seconds": result.seconds,
+            "n_train": len(records),
+            "n_harmful": n_harm,
+            "safelora": safelora,
+        },
+    )
+    return result
