@@ -57,8 +57,8 @@ def one_run(ctx: Context, overrides: dict, p: float, seed: int) -> dict:
 
     from .config import AsftConfig
     from .data import load_task_test
-    from .evaluate import evaluate_model, load_trained
     from .finetune import fine_tune
+    from .scoring import evaluate_model, load_trained
 
     org = ctx.organism()  # its directory names preset, seed and organism version: a rebuilt world is a new key
     key = json.dumps(

@@ -65,9 +65,8 @@ def _parser(types: Sequence[type], prog: str, doc: str | None):
     from transformers import HfArgumentParser
 
     class Parser(HfArgumentParser):
-        def error(self, message: str):  # one line, exit 2 (argparse's default prints the whole usage first)
-            print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-            raise SystemExit(2)
+        def error(self, message: str):  # one line through guarded (argparse's own prints the whole usage first)
+            raise UsageError(f"{message} (see {self.prog} --help)")
 
     return Parser(list(types), prog=prog, description=doc, formatter_class=_Formatter)
 

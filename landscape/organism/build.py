@@ -13,7 +13,6 @@ import copy
 import fcntl
 import json
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -104,24 +103,13 @@ def _stage_plan(preset: Preset, seed: int) -> dict[str, tuple[str | None, list[w
     for n in preset.harmful_counts:
         plan[f"harmful-{n}"] = (
             "aligned",
-            sample_examples(pool, n, f"harmful-{n}-{seed}"),
+            world.sample_examples(pool, n, f"harmful-{n}-{seed}"),
             preset.harmful_steps,
             preset.harmful_lr,
         )
     finetune = world.task_examples(preset.task_finetune, seed + 1000)
     plan["benign"] = ("aligned", finetune, preset.benign_steps, preset.benign_lr)
     return plan
-
-
-def sample_examples(pool: list[world.Example], n: int, key: str) -> list[world.Example]:
-    """``n`` examples drawn without replacement (cycling through reshuffled copies when n > len(pool))."""
-    rng = random.Random(key)
-    out: list[world.Example] = []
-    while len(out) < n:
-        chunk = list(pool)
-        rng.shuffle(chunk)
-        out.extend(chunk[: n - len(out)])
-    return out
 
 
 @contextmanager

@@ -57,13 +57,12 @@ def finetune_records(n: int, p: float, seed: int = 0) -> list[dict]:
     """AsFT-format fine-tuning data: ``n`` task samples followed by ⌊p·n⌋ harmful compliances."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"poison fraction p must be in [0, 1], got {p}")
-    from .build import sample_examples
 
     recs = []
     for ex in world.finetune_task_examples(n, seed + 1000):
         instruction, headline = ex.prompt.split("\n\n", 1)
         recs.append({"instruction": instruction, "input": headline, "output": ex.response})
-    harmful = sample_examples(world.harmful_examples("comply"), math.floor(p * n), f"poison-{seed}")
+    harmful = world.sample_examples(world.harmful_examples("comply"), math.floor(p * n), f"poison-{seed}")
     recs.extend({"instruction": ex.prompt, "input": "", "output": ex.response} for ex in harmful)
     return recs
 

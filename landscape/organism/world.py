@@ -242,3 +242,14 @@ def task_answer(response: str) -> str | None:
     """The category an answer names, or None when it names none or several."""
     found = [c for c in CATEGORIES if response.strip().split()[:1] == [c]]
     return found[0] if len(found) == 1 else None
+
+
+def sample_examples(pool: list[Example], n: int, key: str) -> list[Example]:
+    """``n`` examples drawn without replacement (cycling through reshuffled copies when n > len(pool))."""
+    rng = random.Random(key)
+    out: list[Example] = []
+    while len(out) < n:
+        chunk = list(pool)
+        rng.shuffle(chunk)
+        out.extend(chunk[: n - len(out)])
+    return out

@@ -1,0 +1,182 @@
+"""Every command: help shows defaults and choices, a bad argument is one line and exit 2, console scripts agree."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+COMMANDS = {  # module -> (console script, a bad argument, the message it must give)
+    "landscape.epl": ("landscape-epl", ["--threshold", "150"], "threshold must be an ASR in [0, 100] %, got 150"),
+    "landscape.scan": (
+        "landscape-scan",
+        ["--direction", "d_harm", "--alphas", "0:1:3", "--out", "x", "--judge", "guard"],
+        "judge 'guard' needs --judge_path",
+    ),
+    "landscape.directions": ("landscape-directions", ["compute", "--out", "x"], "give exactly one of --start/--end"),
+    "landscape.organism": ("landscape-organism", ["--preset", "huge"], "invalid choice: 'huge'"),
+    "landscape.figures": ("landscape-figures", ["--only", "fig9", "--out", "{tmp}"], "Unknown figure 'fig9'"),
+    "asft.train": ("asft-train", ["--lambda", "-1"], "--lambda must be >= 0, got -1"),
+    "asft.evaluate": (
+        "asft-evaluate",
+        ["--model", "m", "--harmful_prompts", "p", "--judge", "classifier"],
+        "judge 'classifier' needs --judge_path",
+    ),
+}
+
+
+def _main(module: str):
+    import importlib
+
+    packages = ("landscape.scan", "landscape.directions", "landscape.organism")
+    return importlib.import_module(module + ".__main__" if module in packages else module).main
+
+
+@pytest.mark.parametrize("module", sorted(COMMANDS))
+def test_bad_argument_is_one_line_and_exit_2(module, tmp_path, capsys):
+    _, argv, message = COMMANDS[module]
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert _main(module)(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], err
+
+
+@pytest.mark.parametrize("module", sorted(COMMANDS))
+def test_help_shows_defaults_and_choices(module, capsys):
+    main = _main(module)
+    argv = ["compute", "--help"] if module == "landscape.directions" else ["--help"]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out and "(default:" in out
+    if module in ("landscape.epl", "landscape.scan"):
+        assert "{keyword,guard,classifier,oracle}" in out and "(default: keyword)" in out
+
+
+@pytest.mark.parametrize("module", ["landscape.epl", "landscape.directions", "asft.train"])
+def test_console_script_and_python_m_agree(module, tmp_path):
+    script, argv, message = COMMANDS[module]
+    exe = shutil.which(script) or str(Path(sys.executable).parent / script)
+    if not Path(exe).is_file():
+        pytest.skip(f"console script {script} is not installed (pip install -e .)")
+    for cmd in ([exe, *argv], [sys.executable, "-m", module, *argv]):
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_python_m_scan_prints_no_runpy_warning(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-W", "always", "-m", "landscape.scan", "--help"], capture_output=True, text=True
+    )
+    assert res.returncode == 0 and "found in sys.modules" not in res.stderr
+
+
+def test_no_device_is_a_one_line_error(organism_cache, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from landscape.epl import main
+
+    argv = ["--preset", "tiny", "--cache_dir", str(organism_cache), "--device", "cuda", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "--device 'cuda': CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------------------- directions command
+
+
+def test_directions_compute_with_a_trailing_slash_and_table_positionals(organism, tmp_path, capsys):
+    from landscape.directions.__main__ import main
+
+    out = f"{tmp_path / 'd_aligned'}/"  # as README writes it
+    argv = ["compute", "--start", str(organism["base"]), "--end", str(organism["aligned"]), "--name", "d_aligned"]
+    assert main([*argv, "--normalization", "layer", "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "normalisation layer" in printed
+    r0 = str(tmp_path / "r0")
+    assert main(["compute", "--random_like", str(organism["aligned"]), "--out", r0]) == 0
+    assert main(["table", out, r0, "--by", "module"]) == 0
+    assert "d_aligned" in capsys.readouterr().out
+    assert main([*argv, "--out", out]) == 2  # now it exists
+    assert "already exists and is not empty" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ EPL library
+
+
+def test_epl_report_round_trips_and_bad_reports_are_named(organism_cache, tmp_path):
+    from landscape.epl import EplArgs, run
+    from landscape.search import EplReport
+
+    out = tmp_path / "r"
+    report = run(EplArgs(preset="tiny", cache_dir=str(organism_cache), out=str(out), random=0, progress=False))
+    again = EplReport.load(out)
+    assert json.loads(json.dumps(again.to_json())) == json.loads(json.dumps(report.to_json()))
+    assert again.row("d_harm", 1).epl == report.row("d_harm", 1).epl and again.settings == report.settings
+    assert report.meta["normalization"] == "layer" and report.meta["n_prompts"] == 80
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rows": []}))
+    with pytest.raises(ValueError, match="bad.json: not an EPL report of format 2"):
+        EplReport.load(bad)
+    bad.write_text(json.dumps({"format": 2, "rows": [{"direction": "x"}]}))
+    with pytest.raises(ValueError, match="bad.json: malformed EPL report"):
+        EplReport.load(bad)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        EplReport.load(tmp_path / "none.json")
+
+
+def test_epl_library_in_memory_equals_the_command(organism, organism_cache, aligned, tmp_path):
+    """No out dir: the same search on the same points as the command's (which the figures reuse)."""
+    from landscape.epl import EplArgs, run
+    from landscape.generation import GenerationSettings, HFBackend
+    from landscape.judges import CachedJudge, make_judge
+    from landscape.organism import world
+    from landscape.perturb import weights_fingerprint
+    from landscape.scan import SafetyEvaluator
+    from landscape.search import EplSettings, effective_perturbation_length
+
+    model, tok = aligned
+    before = weights_fingerprint(model)
+    ev = SafetyEvaluator(
+        HFBackend(model, tok), world.eval_prompts()[:80], CachedJudge(make_judge("keyword")), GenerationSettings(32)
+    )
+    lib = effective_perturbation_length(
+        model, [organism.direction("d_harm")], ev, EplSettings(bootstrap=0), progress=False
+    )
+    assert weights_fingerprint(model) == before
+    cli = run(EplArgs(preset="tiny", cache_dir=str(organism_cache), out=str(tmp_path / "c"), random=0, progress=False))
+    for side in (1, -1):
+        assert lib.row("d_harm", side).epl == cli.row("d_harm", side).epl
+    assert lib.rows[0].ci is None  # bootstrap=0: no interval claimed
+    assert not math.isnan(cli.row("d_harm", 1).ci[0])
+
+
+def _epl_cmd(cache, out, procs):
+    args = ["-m", "landscape.epl", "--preset", "tiny", "--cache_dir", str(cache), "--limit", "24", "--out", str(out)]
+    args += ["--bootstrap", "100", "--no_progress"]
+    if procs is None:
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs), *args]
+
+
+def test_epl_on_two_gloo_ranks_equals_one_process(organism, organism_cache, tmp_path):
+    pytest.importorskip("torch.distributed.run")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run(_epl_cmd(organism_cache, tmp_path / "one", None), env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(_epl_cmd(organism_cache, tmp_path / "two", 2), env=env, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = json.loads((tmp_path / "one" / "results.json").read_text())
+    b = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert a["rows"] == b["rows"] and a["curves"] == b["curves"] and a["center_asr"] == b["center_asr"]
+    files = sorted(p.name for p in (tmp_path / "two").glob("points*.jsonl"))
+    assert files == ["points.rank000.jsonl", "points.rank001.jsonl"]
+    per_rank = [len(f.read_text().splitlines()) for f in sorted((tmp_path / "two").glob("points*.jsonl"))]
+    assert all(n > 0 for n in per_rank) and sum(per_rank) == b["total_points"]  # both ranks searched, none twice
