@@ -234,23 +234,17 @@ def run(args: EplArgs):
     return report
 
 
-UNIT = {
-    "layer": "α = 0.01 moves every tensor by 1% of its norm",
-    "filter": "α = 0.01 moves every row by 1% of its norm",
-    "model": "α = 0.01 moves the whole model by 1% of its norm",
-    "none": "α = 1 adds the raw direction once",
-}
-
-
 def format_table(report) -> str:
     """The Table-7-style text the command prints."""
+    from .search import ALPHA_UNITS
+
     meta = report.meta
     s = report.settings
     norm = meta.get("normalization", "layer")
     judges = meta.get("judge", "?").split(":")[0]
     lines = [
         f"EPL: |alpha| before ASR crosses {s.threshold:g}%{' above the centre' if s.relative else ''} "
-        f"({judges} judge, {meta.get('n_prompts', '?')} prompts, {norm} normalisation: {UNIT.get(norm, '')})",
+        f"({judges} judge, {meta.get('n_prompts', '?')} prompts, {norm} normalisation: {ALPHA_UNITS.get(norm, '')})",
         f"centre ASR {report.center_asr:.1f}%; '>' marks a censored edge: no crossing up to --max-alpha "
         f"{s.max_alpha:g}, so the EPL is at least that",
         f"{'direction':<12} {'side':>4} {'EPL':>8} {'95% CI':>17} {'x d_harm':>9} {'evals':>5}",

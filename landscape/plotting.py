@@ -119,12 +119,17 @@ def plot_epl_report(report):
                 extra=extra,
             )
         )
+    from .search import ALPHA_UNITS
+
     judge = report.meta.get("judge", "keyword").split(":")[0]
-    extras = f", dashed: {', '.join(report.extra_curves)}" if report.extra_curves else ""
+    extras = f"; dashed: {', '.join(report.extra_curves)}" if report.extra_curves else ""
+    norm = report.meta.get("normalization")
     return plot_1d(
         curves,
         threshold=report.settings.threshold,
-        title=f"ASR along each direction (EPL search points; solid: {judge} judge{extras})",
+        title=f"ASR along each direction (points of the EPL search)\nsolid: {judge}{extras}; dotted: EPL; "
+        "arrow: censored",
+        xlabel=f"α ({ALPHA_UNITS[norm]})" if norm in ALPHA_UNITS else "α",
     )
 
 

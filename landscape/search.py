@@ -25,6 +25,12 @@ from .results import ResultsStore
 CENTER = "center"
 REPORT_FILE = "results.json"
 REPORT_FORMAT = 2
+ALPHA_UNITS = {  # what one unit of α means under each normalisation
+    "layer": "α = 0.01 moves every tensor by 1% of its norm",
+    "filter": "α = 0.01 moves every row by 1% of its norm",
+    "model": "α = 0.01 moves the whole model by 1% of its norm",
+    "none": "α = 1 adds the raw direction once",
+}
 
 
 @dataclass

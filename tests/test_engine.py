@@ -330,3 +330,31 @@ def test_refusal_logprob_and_choice_accuracy(organism, aligned):
     prompts = [world.task_prompt(r["instruction"], r["input"]) for r in recs]
     acc = choice_accuracy(model, tok, prompts, [r["label"] for r in recs], list(world.CATEGORIES))
     assert acc >= 90
+
+
+def test_refusal_score_evaluator_in_a_scan_falls_along_d_harm(aligned, organism):
+    """The teacher-forced proxy: one forward pass per point, higher where the model still refuses."""
+    from landscape.directions import normalize
+    from landscape.scan import RefusalScoreEvaluator, scan_1d
+
+    model, tok = aligned
+    d = normalize(difference(organism["aligned"], organism["harmful-100"], name="d_harm"), organism["aligned"])
+    before = weights_fingerprint(model)
+    res = scan_1d(model, d, [0.0, 0.3], RefusalScoreEvaluator(tok, PROMPTS[:16]), progress=False)
+    centre, far = res.metric("refusal_logprob")
+    assert centre > far and centre > -0.5
+    assert weights_fingerprint(model) == before
+
+
+def test_pickle_only_checkpoint_is_read_with_weights_only(organism, tmp_path):
+    """A checkpoint saved as pytorch_model.bin is read tensor by tensor like safetensors (weights_only=True)."""
+    from safetensors.torch import load_file
+
+    from landscape.tensors import TorchBinStore, open_store
+
+    sd = load_file(organism["aligned"] / "model.safetensors")
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    store = open_store(tmp_path)
+    assert isinstance(store, TorchBinStore) and sorted(store.keys()) == sorted(sd)
+    d = difference(organism["aligned"], tmp_path)
+    assert all(float(t.abs().max()) == 0.0 for _, t in d.items())
