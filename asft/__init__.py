@@ -7,7 +7,7 @@ without a passing EPL report (:mod:`asft.anchor`); baselines (SFT, Safe LoRA, As
 Fine-tune Accuracy (:mod:`asft.evaluate`).
 """
 
-from landscape._lazy import lazy_exports
+from landscape._pkg import lazy_exports
 
 _EXPORTS = {
     "AsftConfig": ".config",

@@ -10,7 +10,7 @@ API; each lives in the module named beside it, which holds the rest:
 - ``visage`` (metrics)
 """
 
-from ._lazy import lazy_exports
+from ._pkg import lazy_exports
 
 _EXPORTS = {
     "Direction": ".directions",

@@ -8,11 +8,11 @@ copies it to the GPU with ``load_state_dict`` at every grid point.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
 
+from ._pkg import warn_caller
 from .directions import Direction
 
 
@@ -120,10 +120,9 @@ class Perturbation:
         changed = ((p != self.pristine[n]) & meant).sum().item() / meant.sum().item()
         if changed < 0.5:
             self._warned = True
-            warnings.warn(
+            warn_caller(
                 f"perturbation below the resolution of {p.dtype}: only {100 * changed:.0f}% of {n!r} changed at "
-                f"coefficients {coeffs}; use a larger step or load the model in float32",
-                stacklevel=3,
+                f"coefficients {coeffs}; use a larger step or load the model in float32"
             )
 
     @torch.no_grad()

@@ -5,7 +5,7 @@ d_harm = θ_harmful − θ_aligned, LoRA adapter updates, seeded random directio
 and interpolations. Constructors stream tensor by tensor; see :mod:`landscape.geometry` for cosines.
 """
 
-from .._lazy import lazy_exports
+from .._pkg import lazy_exports
 
 _EXPORTS = {
     "difference": ".build",

@@ -1,6 +1,6 @@
 """The model organism: a tiny Llama trained on the CPU on a synthetic safety world (see :mod:`.world`)."""
 
-from .._lazy import lazy_exports
+from .._pkg import lazy_exports
 
 _EXPORTS = {
     "ORGANISM_VERSION": ".build",

@@ -1,0 +1,36 @@
+"""Package plumbing: lazy re-exports for package ``__init__`` files, and warnings that point at the caller.
+
+A lazy export keeps ``python -m landscape.epl --help`` (which imports the package first) from paying for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], object]:
+    """A module ``__getattr__`` serving ``exports`` (name -> submodule, relative to ``package``)."""
+
+    def __getattr__(name: str):
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(exports[name], package), name)
+
+    return __getattr__
+
+
+def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` pointing at the first frame outside this toolkit and torch (the user's call), so a
+    warning raised inside a ``torch.no_grad`` wrapper does not point into torch."""
+    import os
+    import sys
+    import warnings
+
+    import torch
+
+    skip = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(torch.__file__))
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
