@@ -29,7 +29,10 @@ def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
 
     import torch
 
-    skip = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(torch.__file__))
+    here = os.path.dirname(os.path.abspath(__file__))
+    skip = tuple(
+        d + os.sep for d in (here, os.path.join(os.path.dirname(here), "asft"), os.path.dirname(torch.__file__))
+    )
     level, frame = 2, sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(skip):
         frame, level = frame.f_back, level + 1
