@@ -29,13 +29,57 @@ def _prompt_of(record, where: str) -> str:
     return text
 
 
+def _read_csv(fh, p: Path) -> list[str]:
+    reader = csv.reader(fh, strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{p}: empty CSV file")
+        key = next((k for k in PROMPT_FIELDS if k in header), None)
+        if key is None:
+            raise ValueError(f"{p}: CSV header {header} has none of the columns {', '.join(PROMPT_FIELDS)}")
+        col = header.index(key)
+        prompts = []
+        for row in reader:
+            if not row:
+                continue  # a blank line
+            if len(row) != len(header):
+                raise ValueError(f"{p}, line {reader.line_num}: {len(row)} fields, the header has {len(header)}")
+            if not row[col].strip():
+                raise ValueError(f"{p}, line {reader.line_num}: empty {key!r}")
+            prompts.append(row[col])
+        return prompts
+    except csv.Error as e:
+        raise ValueError(f"{p}, line {reader.line_num}: malformed CSV ({e})") from None
+
+
+def _read_lines(fh, p: Path, as_json: bool) -> list[str]:
+    """One record per line; lines end only at \\n, \\r\\n or \\r (U+2028 and friends stay inside a prompt)."""
+    prompts = []
+    for i, raw in enumerate(fh, start=1):
+        line = raw.rstrip("\r\n")
+        if not line.strip() or (not as_json and line.lstrip().startswith("#")):
+            continue
+        if not as_json:
+            prompts.append(line.strip())
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}, line {i}: malformed JSON ({e.msg})") from None
+        prompts.append(_prompt_of(rec, f"{p}, line {i}"))
+    return prompts
+
+
 def load_prompts(path: str | Path, limit: int | None = None) -> list[str]:
     """Read prompts from ``path``.
 
     Formats, by suffix: ``.csv`` (AdvBench ``goal,target``, or any CSV with a ``goal``/``prompt`` column),
     ``.json`` (a list of strings or of objects with ``goal``/``prompt``/``instruction``/... fields),
     ``.jsonl`` (one such object or string per line), anything else as text with one prompt per line
-    (blank lines and lines starting with ``#`` skipped).
+    (blank lines and lines starting with ``#`` skipped). Files are parsed by the csv and json modules on the
+    file itself: a UTF-8 BOM is dropped, quoted newlines and Unicode line separators stay inside a prompt,
+    and an unterminated quote or a row with the wrong number of fields is an error naming the file and line.
 
     Args:
         path: the prompt file.
@@ -47,42 +91,25 @@ def load_prompts(path: str | Path, limit: int | None = None) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"Prompt file {str(p)!r} does not exist")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
     suffix = p.suffix.lower()
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, encoding="utf-8-sig", newline="") as fh:
+            if suffix == ".csv":
+                prompts = _read_csv(fh, p)
+            elif suffix == ".json":
+                try:
+                    data = json.load(fh)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{p}, line {e.lineno}: malformed JSON ({e.msg})") from None
+                if not isinstance(data, list):
+                    raise ValueError(f"{p}: expected a JSON list of prompts, got {type(data).__name__}")
+                prompts = [_prompt_of(r, f"{p}, record {i}") for i, r in enumerate(data)]
+            else:
+                prompts = _read_lines(fh, p, as_json=suffix == ".jsonl")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{p}: not UTF-8 text ({e})") from e
-    prompts: list[str] = []
-    if suffix == ".csv":
-        rows = csv.DictReader(text.splitlines())
-        fields = rows.fieldnames or []
-        key = next((k for k in PROMPT_FIELDS if k in fields), None)
-        if key is None:
-            raise ValueError(f"{p}: CSV header {fields} has none of the columns {', '.join(PROMPT_FIELDS)}")
-        for i, row in enumerate(rows, start=2):
-            val = row.get(key)
-            if val is None or not val.strip():
-                raise ValueError(f"{p}, line {i}: empty {key!r}")
-            prompts.append(val)
-    elif suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}, line {e.lineno}: malformed JSON ({e.msg})") from e
-        if not isinstance(data, list):
-            raise ValueError(f"{p}: expected a JSON list of prompts, got {type(data).__name__}")
-        prompts = [_prompt_of(r, f"{p}, record {i}") for i, r in enumerate(data)]
-    elif suffix == ".jsonl":
-        for i, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p}, line {i}: malformed JSON ({e.msg})") from e
-            prompts.append(_prompt_of(rec, f"{p}, line {i}"))
-    else:
-        prompts = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        raise ValueError(f"{p}: not UTF-8 text ({e})") from None
     if not prompts:
         raise ValueError(f"{p}: no prompts in file")
     return prompts[:limit] if limit is not None else prompts

@@ -58,7 +58,9 @@ class EplArgs:
     batch_size: int | None = field(default=None, metadata={"help": "prompts per batch (default: all at once)"})
     max_new_tokens: int = field(default=32, metadata={"help": "tokens generated per answer"})
     system_prompt: str | None = field(default=None, metadata={"help": "system message before every prompt"})
-    first_step: float = field(default=0.01, metadata={"help": "first |alpha| looked at (then doubled)"})
+    first_step: float = field(
+        default=0.01, metadata={"help": "step of the outward walk (every multiple is looked at until unsafe)"}
+    )
     max_alpha: float = field(default=0.5, metadata={"help": "largest |alpha|; an edge beyond it is censored"})
     tol: float = field(default=0.005, metadata={"help": "EPL resolution (bisection stops below it)"})
     bootstrap: int = field(default=1000, metadata={"help": "prompt resamples for the EPL's CI (0: none)"})
@@ -249,13 +251,20 @@ def format_table(report) -> str:
         f"{s.max_alpha:g}, so the EPL is at least that",
         f"{'direction':<12} {'side':>4} {'EPL':>8} {'95% CI':>17} {'x d_harm':>9} {'evals':>5}",
     ]
+    flagged = [r for r in report.rows if r.non_monotone]
     for r in report.rows:
         more = ">" if r.censored else ""
         ratio = f"{more}{r.ratio_to_harm:.1f}" if r.ratio_to_harm is not None else "-"
         ci = "-" if r.ci is None else f"[{r.ci[0]:.4f}, {r.ci[1]:.4f}]"
         lines.append(
             f"{r.direction:<12} {'+' if r.side > 0 else '-':>4} {more + f'{r.epl:.4f}':>8} {ci:>17} "
-            f"{ratio:>9} {r.evaluations:>5}"
+            f"{ratio:>9} {r.evaluations:>5}" + ("  !" if r.non_monotone else "")
+        )
+    for r in flagged:
+        pts = ", ".join(f"{a:+.4g}" for a in r.non_monotone)
+        lines.append(
+            f"  ! {r.direction} {'+' if r.side > 0 else '-'}: ASR is not monotone in alpha (safe again at {pts}); "
+            "the EPL is the first crossing from the centre, check with a grid scan"
         )
     if report.cosines:
         lines.append("cosine similarities (raw directions):")

@@ -76,6 +76,18 @@ class GenerationBackend(Protocol):
     def generate(self, prompts: list[str], settings: GenerationSettings) -> list[str]: ...
 
 
+def refuse_non_finite(input_ids, scores: torch.Tensor) -> torch.Tensor:
+    """A logits processor that stops generation on NaN/Inf logits: a broken point gets an error, not a verdict."""
+    if not bool(torch.isfinite(scores).all()):
+        from .loading import NonFiniteError
+
+        raise NonFiniteError(
+            "non-finite logits (NaN/Inf) while generating: the weights at this point are broken (a perturbation "
+            "too large for the dtype, or bad weights); no verdict is given for it"
+        )
+    return scores
+
+
 def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
@@ -154,6 +166,7 @@ class HFBackend:
             torch.manual_seed(s.seed)
         if s.ignore_eos:
             kw["min_new_tokens"] = s.max_new_tokens
+        kw["logits_processor"] = [refuse_non_finite]
         out = self.model.generate(input_ids=x.to(dev), attention_mask=mask.to(dev), **kw)[:, width:].cpu()
         eos = set(self.eos_ids.tolist())
         results = []
@@ -191,6 +204,7 @@ class HFBackend:
                 .logits[:, -1, :]
                 .float()
             )
+            refuse_non_finite(None, logits)
             nxt = self._pick(logits, s, gen)
             out[alive, t] = nxt
             lengths[alive.cpu()] = t + 1

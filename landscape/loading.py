@@ -75,6 +75,38 @@ def check_model_dir(path: str | Path, need_tokenizer: bool = True) -> Path:
     return p
 
 
+class NonFiniteError(ValueError):
+    """NaN or Inf in weights or logits: the numbers that would follow are meaningless."""
+
+
+def _weight_file(path: Path, name: str) -> Path:
+    """The file of a checkpoint directory that holds tensor ``name`` (the shard, for sharded checkpoints)."""
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (path / index).is_file():
+            shard = json.loads((path / index).read_text()).get("weight_map", {}).get(name)
+            if shard:
+                return path / shard
+    return next((path / f for f in WEIGHT_FILES if (path / f).is_file() and "index" not in f), path)
+
+
+def check_loaded(model, path: Path, info: dict, what: str = "model") -> None:
+    """Refuse a model that transformers had to complete with new random weights, or that holds NaN/Inf."""
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ValueError(
+            f"{path}: the {what} checkpoint lacks {len(missing)} weight(s) that {type(model).__name__} needs "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); transformers would initialise them "
+            "at random. Is this the right kind of model?"
+        )
+    mismatched = info.get("mismatched_keys") or []
+    if mismatched:
+        raise ValueError(f"{path}: {len(mismatched)} weight(s) have the wrong shape for {type(model).__name__}")
+    for n, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            bad = "NaN" if bool(torch.isnan(p).any()) else "Inf"
+            raise NonFiniteError(f"{_weight_file(path, n)}: tensor {n!r} contains {bad}")
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False, padding_side: str = "left"):
     """Load a tokenizer from a local directory with left padding and a pad token (for batched generation)."""
     from transformers import AutoTokenizer
@@ -109,14 +141,23 @@ def load_model(
 
     Returns:
         ``(model, tokenizer)``, or just the model when ``with_tokenizer`` is False. The model is in eval mode.
+
+    Raises:
+        ValueError: when transformers would have to initialise weights at random (a checkpoint of another
+            kind of model), or a weight holds NaN/Inf (:class:`NonFiniteError`, naming the file and tensor).
     """
     from transformers import AutoModelForCausalLM
 
     p = check_model_dir(path, need_tokenizer=with_tokenizer)
     check_device(device)
-    model = AutoModelForCausalLM.from_pretrained(
-        p, dtype=resolve_dtype(dtype), local_files_only=True, trust_remote_code=trust_remote_code
+    model, info = AutoModelForCausalLM.from_pretrained(
+        p,
+        dtype=resolve_dtype(dtype),
+        local_files_only=True,
+        trust_remote_code=trust_remote_code,
+        output_loading_info=True,
     )
+    check_loaded(model, p, info)
     model.to(device).eval()
     if not with_tokenizer:
         return model

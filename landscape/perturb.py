@@ -39,6 +39,23 @@ def _resolve(model: torch.nn.Module, directions: Sequence[Direction]) -> dict[st
     return params
 
 
+def _check_finite(d: Direction, n: str, t: torch.Tensor) -> None:
+    if not bool(torch.isfinite(t).all()):
+        bad = "NaN" if bool(torch.isnan(t).any()) else "Inf"
+        raise PerturbationError(f"direction {d.name!r} ({d.store.origin}): tensor {n!r} contains {bad}")
+
+
+def check_compatible(model: torch.nn.Module, directions: Sequence[Direction]) -> None:
+    """Raise before anything is written when a direction does not fit ``model`` (names, shapes) or holds NaN/Inf.
+
+    Each direction tensor is read once (streamed); nothing is kept.
+    """
+    _resolve(model, directions)
+    for d in directions:
+        for n in d.names():
+            _check_finite(d, n, d.get(n))
+
+
 class Perturbation:
     """Context manager that perturbs ``model`` along ``directions`` in place.
 
@@ -79,6 +96,7 @@ class Perturbation:
                 src = next((m for m in aliases if m in set(d.names())), None)
                 if src is not None:
                     dev[n] = d.get(src).to(device=self.params[n].device, dtype=direction_dtype)
+                    _check_finite(d, src, dev[n])
             self.deltas.append(dev)
         self.coeffs: tuple[float, ...] = (0.0,) * len(self.directions)
         self._warned = False

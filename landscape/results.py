@@ -10,14 +10,36 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from .io import atomic_write_json
 
 POINTS_FILE = "points.jsonl"
 RUN_FILE = "run.json"
+POINTS_GLOB = "points*.jsonl"
+
+
+def environment(device: str | None = None, dtype: str | None = None) -> dict:
+    """What the numbers depend on besides the inputs: library versions, device, dtype and the CPU thread count
+    (float reduction order: results are reproducible on the same machine with the same thread count)."""
+    import platform
+
+    import torch
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": device,
+        "dtype": dtype,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
 
 
 def point_key(series: str, coords: Sequence[float]) -> str:
@@ -26,6 +48,13 @@ def point_key(series: str, coords: Sequence[float]) -> str:
 
 class RunMismatchError(ValueError):
     pass
+
+
+class RunInProgressError(ValueError):
+    """Another run holds the output directory's lock."""
+
+
+LOCK_FILE = ".lock"
 
 
 class ResultsStore:
@@ -38,8 +67,39 @@ class ResultsStore:
     """
 
     def __init__(self, out_dir: str | Path, meta: dict, restart: bool = False, rank: int = 0, world_size: int = 1):
+        from filelock import FileLock, Timeout
+
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.lock = None
+        if rank == 0:  # one run per directory; the ranks of one run share rank 0's lock
+            self.lock = FileLock(self.dir / LOCK_FILE, timeout=0)
+            try:
+                self.lock.acquire()
+            except Timeout:
+                raise RunInProgressError(
+                    f"another run is writing to {self.dir} (it holds {self.dir / LOCK_FILE}); wait for it to "
+                    "finish or use another output directory"
+                ) from None
+        try:
+            self._open(meta, restart, rank, world_size)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the directory's lock (a killed process releases it too)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _open(self, meta: dict, restart: bool, rank: int, world_size: int) -> None:
         self.meta = json.loads(json.dumps(meta, default=str))
         run_file = self.dir / RUN_FILE
         # One process writes points.jsonl; under torchrun each rank appends to its own file, and every
@@ -70,7 +130,7 @@ class ResultsStore:
         self.reload()
 
     def _files(self) -> list[Path]:
-        return sorted(self.dir.glob("points*.jsonl"))
+        return sorted(self.dir.glob(POINTS_GLOB))
 
     def reload(self) -> None:
         """Read every points file again (other ranks may have added points)."""
@@ -118,3 +178,17 @@ class ResultsStore:
 
     def series(self, name: str) -> list[dict]:
         return [r for r in self.points.values() if r["series"] == name]
+
+
+@contextmanager
+def removed_on_failure(out_dir: str | Path | None):
+    """Run a block that writes into ``out_dir``; if it fails and the directory is new and holds no point,
+    remove it, so that a run refused late (a direction from another model, a bad judge) leaves nothing."""
+    new = out_dir is not None and not Path(out_dir).exists()
+    try:
+        yield
+    except BaseException:
+        d = Path(out_dir) if new else None
+        if d is not None and d.is_dir() and not any(f.stat().st_size for f in d.glob(POINTS_GLOB)):
+            shutil.rmtree(d, ignore_errors=True)
+        raise

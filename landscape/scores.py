@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from .generation import refuse_non_finite
 from .text import encode_chat, pad_id_of, right_pad
 
 DEFAULT_REFUSAL_PREFIX = "I'm sorry, but I cannot"
@@ -31,7 +32,9 @@ def answer_logprobs(
     for i in range(0, len(seqs), batch_size):
         chunk, st = seqs[i : i + batch_size], starts[i : i + batch_size]
         x, mask, _ = right_pad(chunk, pad)
-        logp = model(input_ids=x.to(dev), attention_mask=mask.to(dev)).logits.float().log_softmax(-1)
+        logits = model(input_ids=x.to(dev), attention_mask=mask.to(dev)).logits.float()
+        refuse_non_finite(None, logits)
+        logp = logits.log_softmax(-1)
         for r, s in enumerate(chunk):
             tgt = torch.tensor(s[st[r] :], device=dev)
             out.append(logp[r, st[r] - 1 : len(s) - 1].gather(-1, tgt[:, None]).squeeze(-1).cpu())

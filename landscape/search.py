@@ -12,6 +12,7 @@ and read back with :meth:`EplReport.load` (``asft.anchor`` reads reports this wa
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,7 +41,7 @@ class EplSettings:
     Attributes:
         threshold: τ, the ASR (%) above which a point is unsafe.
         relative: τ is added to the centre's ASR.
-        first_step: first |α| looked at; the search doubles it until a point is unsafe.
+        first_step: step of the outward walk: every multiple of it is looked at until a point is unsafe.
         max_alpha: largest |α| looked at; an edge beyond it is censored (reported as ``>max_alpha``).
         tol: the EPL's resolution (bisection stops when the bracket is narrower).
         bootstrap: resamples of the prompts for the EPL's confidence interval (0: none).
@@ -57,14 +58,15 @@ class EplSettings:
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
-        if not self.tol > 0:
-            raise ValueError(f"tol must be > 0, got {self.tol}")
-        if not self.max_alpha > 0:
-            raise ValueError(f"max_alpha must be > 0, got {self.max_alpha}")
+        finite = all(math.isfinite(v) for v in (self.tol, self.max_alpha, self.first_step))
+        if not (finite and self.tol > 0):
+            raise ValueError(f"--tol must be > 0, got {self.tol}")
+        if not (finite and self.max_alpha > 0):
+            raise ValueError(f"--max_alpha must be > 0, got {self.max_alpha}")
         if not 0 < self.first_step <= self.max_alpha:
-            raise ValueError(f"first_step must be in (0, max_alpha={self.max_alpha}], got {self.first_step}")
+            raise ValueError(f"--first_step must be in (0, --max_alpha={self.max_alpha}], got {self.first_step}")
         if self.bootstrap < 0:
-            raise ValueError(f"bootstrap must be >= 0, got {self.bootstrap}")
+            raise ValueError(f"--bootstrap must be >= 0, got {self.bootstrap}")
 
 
 @dataclass
@@ -79,6 +81,8 @@ class EplRow:
         bracket: (last safe |α|, first unsafe |α|).
         censored: no crossing up to ``max_alpha``: ``epl`` is a lower bound.
         evaluations: points this search looked at (stored or computed).
+        non_monotone: signed α of evaluated points that read safe beyond an unsafe one (empty when the
+            evaluated curve is monotone); non-empty means the EPL depends on which crossing one takes.
         ratio_to_harm: EPL over d_harm's nearer edge, when the report has a d_harm row.
     """
 
@@ -89,6 +93,7 @@ class EplRow:
     bracket: tuple[float, float]
     censored: bool
     evaluations: int
+    non_monotone: list[float] = field(default_factory=list)
     ratio_to_harm: float | None = None
 
 
@@ -226,10 +231,7 @@ def effective_perturbation_length(
     Returns:
         The :class:`EplReport` (without cosines; see :func:`add_cosines`).
     """
-    from tqdm.auto import tqdm
-
-    from .perturb import Perturbation
-    from .scan import PointRunner, barrier, open_store
+    from .scan import run_store
 
     settings = settings or EplSettings()
     names = [d.name for d in directions]
@@ -237,10 +239,20 @@ def effective_perturbation_length(
         raise ValueError("no directions to search along")
     if len(set(names)) != len(names) or CENTER in names:
         raise ValueError(f"direction names must differ (and not be {CENTER!r}), got {names}")
+    run_extra = {"search": asdict(settings), **(meta or {})}
+    with run_store(
+        store, out_dir, model, directions, evaluator, run_extra, restart, rank, world_size, perturber
+    ) as st:
+        return _search_all(model, directions, evaluator, settings, st, perturber, rank, world_size, progress)
+
+
+def _search_all(model, directions, evaluator, settings: EplSettings, store, perturber, rank, world_size, progress):
+    from tqdm.auto import tqdm
+
+    from .perturb import Perturbation
+    from .scan import PointRunner, barrier
+
     t0 = time.perf_counter()
-    if store is None:
-        run_extra = {"search": asdict(settings), **(meta or {})}
-        store = open_store(out_dir, model, directions, evaluator, run_extra, restart, rank, world_size)
     bar = tqdm(desc="points", unit="pt", disable=not progress)
     runner = PointRunner(model, evaluator, store, on_point=lambda rec: bar.update(1))
     try:
@@ -301,7 +313,7 @@ def effective_perturbation_length(
             ci = bootstrap_epl(
                 pts, settings.threshold, side, settings.relative, n_boot=settings.bootstrap, seed=settings.seed
             )
-        rows.append(EplRow(d.name, side, res.value, ci, res.bracket, res.censored, res.evaluations))
+        rows.append(EplRow(d.name, side, res.value, ci, res.bracket, res.censored, res.evaluations, res.non_monotone))
     _ratios(rows)
     curves, extra = {}, {}
     extra_metrics = [k for k in center["metrics"] if k.startswith("asr_") and k != "asr_ci"]

@@ -16,7 +16,8 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..io import sha256_text
-from ..results import ResultsStore
+from ..results import ResultsStore, removed_on_failure
 
 if TYPE_CHECKING:
     from ..directions import Direction
@@ -166,12 +167,16 @@ class RefusalScoreEvaluator(Evaluator):
 def run_meta(model, directions: Sequence[Direction], evaluator: Evaluator, extra: dict | None = None) -> dict:
     """The metadata that identifies a run: a resumed run must match it."""
     from ..directions.core import toolkit_version
+    from ..results import environment
 
     cfg = getattr(model, "config", None)
     params = getattr(model, "parameters", None)
+    first = next(params()) if params else None
+    device = str(first.device) if first is not None else str(getattr(model, "device", "unknown"))
+    dtype = str(first.dtype) if first is not None else str(getattr(model, "dtype", "unknown"))
     return {
         "model": getattr(cfg, "_name_or_path", None) or getattr(model, "model_path", None) or type(model).__name__,
-        "model_dtype": str(next(params()).dtype) if params else str(getattr(model, "dtype", "unknown")),
+        "model_dtype": dtype,
         "directions": [
             {
                 "name": d.name,
@@ -184,6 +189,7 @@ def run_meta(model, directions: Sequence[Direction], evaluator: Evaluator, extra
         ],
         "evaluator": evaluator.config(),
         "toolkit_version": toolkit_version(),
+        "environment": environment(device, dtype),
         **(extra or {}),
     }
 
@@ -248,17 +254,38 @@ class PointRunner:
         return rec
 
 
-def open_store(
-    out_dir, model, directions, evaluator: Evaluator, meta: dict | None, restart: bool, rank: int, world_size: int
-) -> ResultsStore | None:
-    """The results store of a run in ``out_dir`` (None without one); ranks of one run need one to merge."""
+@contextmanager
+def run_store(
+    store: ResultsStore | None,
+    out_dir,
+    model,
+    directions,
+    evaluator: Evaluator,
+    meta: dict | None,
+    restart: bool,
+    rank: int,
+    world_size: int,
+    perturber=None,
+) -> Iterator[ResultsStore | None]:
+    """The results store a scan or search writes to: ``store`` as given, or one opened in ``out_dir`` (locked for
+    this run, closed at the end; a new directory that fails before its first point is removed). The directions
+    are checked against the model first, so a misfit leaves nothing behind."""
+    if perturber is None:
+        from ..perturb import check_compatible
+
+        check_compatible(model, directions)
+    if store is not None:
+        yield store
+        return
     if out_dir is None:
         if world_size > 1:
             raise ValueError("a run split across ranks needs an output directory (out_dir) to merge results")
-        return None
-    return ResultsStore(
-        out_dir, run_meta(model, directions, evaluator, meta), restart=restart, rank=rank, world_size=world_size
-    )
+        yield None
+        return
+    with removed_on_failure(out_dir):
+        meta = run_meta(model, directions, evaluator, meta)
+        with ResultsStore(out_dir, meta, restart=restart, rank=rank, world_size=world_size) as opened:
+            yield opened
 
 
 def scan(
@@ -309,8 +336,13 @@ def scan(
         if len(p) != len(directions):
             raise ValueError(f"scan: point {p} has {len(p)} coordinates for {len(directions)} directions")
         check_grid(p, "scan point")
-    if store is None:
-        store = open_store(out_dir, model, directions, evaluator, meta, restart, rank, world_size)
+    with run_store(store, out_dir, model, directions, evaluator, meta, restart, rank, world_size, perturber) as st:
+        return _scan(model, directions, pts, evaluator, st, series, progress, on_point, rank, world_size, perturber)
+
+
+def _scan(model, directions, pts, evaluator, store, series, progress, on_point, rank, world_size, perturber):
+    from tqdm.auto import tqdm
+
     runner = PointRunner(model, evaluator, store, on_point)
     done: dict[tuple[float, ...], dict] = {}
     mine = []
@@ -322,8 +354,6 @@ def scan(
             done[p] = rec
         elif i % world_size == rank:
             mine.append(p)
-    from tqdm.auto import tqdm
-
     if perturber is None:
         from ..perturb import Perturbation as perturber
     with perturber(model, directions) as pert:
