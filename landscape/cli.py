@@ -74,7 +74,12 @@ def _parser(types: Sequence[type], prog: str, doc: str | None):
 def parse(types: Sequence[type], argv: list[str] | None, prog: str, doc: str | None = None) -> tuple:
     """Parse ``argv`` into one instance of each dataclass in ``types`` (their ``__post_init__`` checks run)."""
     parser = _parser(types, prog, doc)
-    return tuple(parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False))
+    *parsed, rest = parser.parse_args_into_dataclasses(
+        args=argv, look_for_args_file=False, return_remaining_strings=True
+    )
+    if rest:
+        raise UsageError(f"unrecognized arguments: {' '.join(rest)} (see {prog} --help)")
+    return tuple(parsed)
 
 
 def command(

@@ -93,6 +93,9 @@ class EplArgs:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
         self.search_settings()  # --tol, --max-alpha, --first-step, --bootstrap
+        from .loading import resolve_dtype
+
+        resolve_dtype(self.dtype)
 
     def search_settings(self):
         from .search import EplSettings
@@ -122,7 +125,7 @@ def run(args: EplArgs):
     from .directions import difference, load_direction, normalize, random_like
     from .generation import GenerationSettings, HFBackend
     from .judges import CachedJudge, make_judge
-    from .loading import check_device, load_model
+    from .loading import check_device, check_model_dir, load_model
     from .search import add_cosines, effective_perturbation_length
 
     t0 = time.perf_counter()
@@ -145,6 +148,7 @@ def run(args: EplArgs):
             extra_judges.append(make_judge("oracle"))
     else:
         aligned, base, harmful = args.aligned, args.base, args.harmful
+        check_model_dir(aligned)
         prompts_path = args.prompts
     prompts = load_prompts(prompts_path, limit=args.limit)
     jkw = {"path": args.judge_path, "device": args.device} if args.judge in ("guard", "classifier") else {}

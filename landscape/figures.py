@@ -41,6 +41,13 @@ class FigureArgs:
     seed: int = field(default=0, metadata={"help": "organism seed"})
     html: bool = field(default=True, metadata={"help": "also write interactive plotly HTML (--no_html to skip)"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    check: bool = field(
+        default=False,
+        metadata={
+            "help": "recompute the cheap results (Table 1 cosines, Table 7 EPLs) and fail if they differ "
+            "from the committed ones; writes nothing"
+        },
+    )
 
 
 @dataclass
@@ -237,7 +244,7 @@ def compute_table7(ctx: Context) -> dict:
             progress=ctx.args.progress,
         )
         out[p] = [r.__dict__ for r in report.rows]
-    return {"threshold": THRESHOLD, "models": out}
+    return {"threshold": THRESHOLD, "tol": EplSettings().tol, "models": out}
 
 
 # ------------------------------------------------------------------------------------------------------ renders
@@ -369,10 +376,71 @@ def figure_providers() -> dict[str, tuple[Callable, Callable]]:
     return figures
 
 
-def run(args: FigureArgs) -> dict[str, list[Path]]:
-    """Render every figure (or ``args.only``), computing the missing results; returns the files written."""
-    from .io import atomic_write_json
+CHECKED = ("table1_cosines", "table7_epl")
+COSINE_TOL = 1e-6  # float reduction order differs between CPUs; the cosines here are ~1e-2
 
+
+def _compare_table1(old: dict, new: dict) -> list[str]:
+    bad = []
+    pairs = [(f"N={a['samples']}", a["cos"], b["cos"]) for a, b in zip(old["rows"], new["rows"], strict=True)]
+    pairs.append(("benign", old["benign_cos"], new["benign_cos"]))
+    for what, a, b in pairs:
+        if abs(a - b) > COSINE_TOL:
+            bad.append(f"table1_cosines: cos(d_aligned, d_harm {what}) committed {a:+.6f}, recomputed {b:+.6f}")
+    return bad
+
+
+def _compare_table7(old: dict, new: dict) -> list[str]:
+    bad = []
+    for model, rows in new["models"].items():
+        stored = {(r["direction"], r["side"]): r for r in old["models"].get(model, [])}
+        for r in rows:
+            key = (r["direction"], r["side"])
+            o = stored.get(key)
+            tol = old.get("tol", 0.005)
+            if o is None or o["censored"] != r["censored"] or abs(o["epl"] - r["epl"]) > tol:
+                was = "missing" if o is None else f"{o['epl']:.4f}{' (censored)' if o['censored'] else ''}"
+                bad.append(
+                    f"table7_epl: {model} {key[0]} {key[1]:+d} committed {was}, recomputed {r['epl']:.4f}"
+                    f"{' (censored)' if r['censored'] else ''} (tolerance: the search's resolution {tol})"
+                )
+    return bad
+
+
+COMPARE = {"table1_cosines": _compare_table1, "table7_epl": _compare_table7}
+
+
+def check(args: FigureArgs) -> list[str]:
+    """Recompute the cheap committed results in a scratch directory; returns the differences (empty: all match)."""
+    import tempfile
+
+    out = Path(args.out)
+    problems = []
+    with tempfile.TemporaryDirectory(prefix="figures-check-") as tmp:
+        ctx = Context(FigureArgs(**{**args.__dict__, "out": tmp, "check": False}))
+        for name in CHECKED:
+            data_file = out / "data" / f"{name}.json"
+            if not data_file.is_file():
+                problems.append(f"{name}: {data_file} is missing")
+                continue
+            committed = json.loads(data_file.read_text())
+            problems += COMPARE[name](committed, FIGURES[name][0](ctx))
+    return problems
+
+
+def run(args: FigureArgs) -> dict[str, list[Path]]:
+    """Render every figure (or ``args.only``), computing the missing results; returns the files written.
+
+    With ``args.check``: recompute the cheap results and raise if they differ from the committed ones.
+    """
+    from .io import atomic_write_json
+    from .results import environment
+
+    if args.check:
+        problems = check(args)
+        if problems:
+            raise ValueError(f"{len(problems)} committed result(s) do not reproduce:\n  " + "\n  ".join(problems))
+        return {"checked": [Path(args.out) / "data" / f"{name}.json" for name in CHECKED]}
     figures = figure_providers()
     names = args.only or list(figures)
     unknown = [n for n in names if n not in figures]
@@ -388,6 +456,8 @@ def run(args: FigureArgs) -> dict[str, list[Path]]:
             t0 = time.perf_counter()
             data = compute(ctx)
             data["seconds"] = round(time.perf_counter() - t0, 1)
+            data["environment"] = environment("cpu", "torch.float32")
+            data["seed"] = args.seed
             atomic_write_json(data_file, data)
         data = json.loads(data_file.read_text())
         written[name] = render(data, out, args.html)
@@ -395,6 +465,9 @@ def run(args: FigureArgs) -> dict[str, list[Path]]:
 
 
 def _print(written: dict[str, list[Path]]) -> None:
+    if "checked" in written:
+        print("check passed: " + ", ".join(str(p) for p in written["checked"]) + " reproduce")
+        return
     for name, paths in written.items():
         print(f"{name}: " + ", ".join(str(p) for p in paths))
 

@@ -35,7 +35,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype == "auto":
         return None
     if dtype not in DTYPES:
-        raise ValueError(f"Unknown dtype {dtype!r}. Available: {', '.join(sorted(DTYPES))}, auto")
+        raise ValueError(f"Unknown --dtype {dtype!r}. Available: {', '.join(sorted(DTYPES))}, auto")
     return DTYPES[dtype]
 
 

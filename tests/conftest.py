@@ -39,3 +39,13 @@ def shared_file(*parts: str) -> Path:
     if not p.is_file():
         pytest.skip(f"real-format data {p} is absent (it lives in ../shared/data beside the repository)")
     return p
+
+
+@pytest.fixture(scope="session")
+def epl_report(organism, organism_cache, tmp_path_factory):
+    """One EPL run on the tiny organism (d_aligned, d_harm; defaults otherwise), shared by every test that reads
+    a report: ``(report, out_dir)``."""
+    from landscape.epl import EplArgs, run
+
+    out = tmp_path_factory.mktemp("epl-report") / "epl"
+    return run(EplArgs(preset="tiny", cache_dir=str(organism_cache), out=str(out), random=0, progress=False)), out

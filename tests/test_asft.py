@@ -173,17 +173,11 @@ def test_safe_lora_projection_matches_direct_computation(organism):
             assert rep.similarities[key] == pytest.approx(cos, abs=1e-4)
 
 
-def test_anchor_gating(organism, organism_cache, tmp_path):
-    from landscape.epl import EplArgs
-    from landscape.epl import run as epl_run  # the command's Python entry, as notebook 02 uses it
-
+def test_anchor_gating(organism, epl_report, tmp_path):
     anchor = load_anchor(base=str(organism["base"]), aligned=str(organism["aligned"]))
     with pytest.raises(AnchorError, match="refusing to train on an unverified anchor: no verification report"):
         verify(anchor, None)
-    report = tmp_path / "epl"
-    epl_run(
-        EplArgs(preset="tiny", cache_dir=str(organism_cache), out=str(report), random=0, progress=False, bootstrap=100)
-    )
+    report = epl_report[1]
     v = verify_report(anchor, report / "results.json")
     assert v.passed and v.ratio >= 3, v.reasons
     assert verify(anchor, report).verification.passed

@@ -111,12 +111,10 @@ def test_directions_compute_with_a_trailing_slash_and_table_positionals(organism
 # ------------------------------------------------------------------------------------------------ EPL library
 
 
-def test_epl_report_round_trips_and_bad_reports_are_named(organism_cache, tmp_path):
-    from landscape.epl import EplArgs, run
+def test_epl_report_round_trips_and_bad_reports_are_named(epl_report, tmp_path):
     from landscape.search import EplReport
 
-    out = tmp_path / "r"
-    report = run(EplArgs(preset="tiny", cache_dir=str(organism_cache), out=str(out), random=0, progress=False))
+    report, out = epl_report
     again = EplReport.load(out)
     assert json.loads(json.dumps(again.to_json())) == json.loads(json.dumps(report.to_json()))
     assert again.row("d_harm", 1).epl == report.row("d_harm", 1).epl and again.settings == report.settings
@@ -132,9 +130,8 @@ def test_epl_report_round_trips_and_bad_reports_are_named(organism_cache, tmp_pa
         EplReport.load(tmp_path / "none.json")
 
 
-def test_epl_library_in_memory_equals_the_command(organism, organism_cache, aligned, tmp_path):
+def test_epl_library_in_memory_equals_the_command(organism, epl_report, aligned):
     """No out dir: the same search on the same points as the command's (which the figures reuse)."""
-    from landscape.epl import EplArgs, run
     from landscape.generation import GenerationSettings, HFBackend
     from landscape.judges import CachedJudge, make_judge
     from landscape.organism import world
@@ -151,7 +148,7 @@ def test_epl_library_in_memory_equals_the_command(organism, organism_cache, alig
         model, [organism.direction("d_harm")], ev, EplSettings(bootstrap=0), progress=False
     )
     assert weights_fingerprint(model) == before
-    cli = run(EplArgs(preset="tiny", cache_dir=str(organism_cache), out=str(tmp_path / "c"), random=0, progress=False))
+    cli = epl_report[0]
     for side in (1, -1):
         assert lib.row("d_harm", side).epl == cli.row("d_harm", side).epl
     assert lib.rows[0].ci is None  # bootstrap=0: no interval claimed
@@ -180,3 +177,69 @@ def test_epl_on_two_gloo_ranks_equals_one_process(organism, organism_cache, tmp_
     assert files == ["points.rank000.jsonl", "points.rank001.jsonl"]
     per_rank = [len(f.read_text().splitlines()) for f in sorted((tmp_path / "two").glob("points*.jsonl"))]
     assert all(n > 0 for n in per_rank) and sum(per_rank) == b["total_points"]  # both ranks searched, none twice
+
+
+@pytest.mark.parametrize("code", ["EROFS", "ENOSPC", "EFBIG", "EACCES", "EDQUOT"])
+def test_os_errors_are_one_line(code, capsys):
+    import errno
+
+    from landscape.cli import guarded
+
+    err = getattr(errno, code)
+
+    def boom(argv):
+        raise OSError(err, os.strerror(err), "/runs/x/points.jsonl")
+
+    assert guarded(boom, []) == 2
+    line = capsys.readouterr().err
+    assert line.startswith("error: /runs/x/points.jsonl: ") and line.count("\n") == 1
+
+
+def test_disk_full_mid_run_is_one_line_and_keeps_what_was_written(organism_cache, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from landscape.epl import main
+    from landscape.results import ResultsStore
+
+    real = ResultsStore.append
+    calls = []
+
+    def append(self, *a, **kw):
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        calls.append(1)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(ResultsStore, "append", append)
+    out = tmp_path / "full"
+    argv = [
+        "--preset",
+        "tiny",
+        "--cache_dir",
+        str(organism_cache),
+        "--out",
+        str(out),
+        "--random",
+        "0",
+        "--no_progress",
+    ]
+    assert main(argv) == 2
+    assert "points.jsonl: no space left on device" in capsys.readouterr().err
+    assert len((out / "points.jsonl").read_text().splitlines()) == 3  # what was written stays, for a resume
+    monkeypatch.setattr(ResultsStore, "append", real)
+    assert main(argv) == 0  # space again: the run resumes from the 3 points
+
+
+def test_two_runs_into_one_directory_the_second_refuses(organism_cache, tmp_path, capsys):
+    from landscape.epl import main
+    from landscape.results import ResultsStore
+
+    out = tmp_path / "busy"
+    holder = ResultsStore(out, {"run": "first"})  # a first run that is still writing
+    try:
+        argv = ["--preset", "tiny", "--cache_dir", str(organism_cache), "--out", str(out), "--random", "0"]
+        assert main(argv) == 2
+        assert "another run is writing to" in capsys.readouterr().err
+    finally:
+        holder.close()
+    assert not (out / "points.jsonl").exists()

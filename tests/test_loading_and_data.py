@@ -41,7 +41,7 @@ def test_load_model_bad_paths(tmp_path, organism):
         (no_tok / f).write_bytes((organism["aligned"] / f).read_bytes())
     with pytest.raises(ValueError, match="no_tok.*holds no tokenizer"):
         load_model(no_tok)
-    with pytest.raises(ValueError, match="Unknown dtype 'fp8'"):
+    with pytest.raises(ValueError, match="Unknown --dtype 'fp8'"):
         load_model(organism["aligned"], dtype="fp8")
 
 

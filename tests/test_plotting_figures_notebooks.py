@@ -119,6 +119,18 @@ def test_figures_cli_regenerates_from_scratch_quick(organism_cache, tmp_path, ca
     capsys.readouterr()
     assert main(base + ["--only", "fig9"]) == 2
     assert "error: Unknown figure 'fig9'. Available: fig1a_random_1d" in capsys.readouterr().err
+    # --check recomputes Table 1 and Table 7 and compares them with what is stored
+    t7 = json.loads((out / "data" / "table7_epl.json").read_text())
+    assert t7["environment"]["threads"] >= 1 and "torch" in t7["environment"] and t7["seed"] == 0
+    assert main(base + ["--check"]) == 0
+    assert "check passed" in capsys.readouterr().out
+    stamp["rows"][0]["cos"] += 0.01
+    (out / "data" / "table1_cosines.json").write_text(json.dumps(stamp))
+    t7["models"]["tiny"][2]["epl"] += 0.05
+    (out / "data" / "table7_epl.json").write_text(json.dumps(t7))
+    assert main(base + ["--check"]) == 2
+    err = capsys.readouterr().err
+    assert "2 committed result(s) do not reproduce" in err and "table1_cosines: cos(d_aligned, d_harm N=10)" in err
 
 
 def test_committed_figures_data_is_complete():

@@ -62,6 +62,9 @@ class ScanArgs:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
         self.grid()
+        from ..loading import resolve_dtype
+
+        resolve_dtype(self.dtype)
 
     def grid(self) -> list[tuple[float, ...]]:
         alphas = parse_axis(self.alphas, "--alphas")

@@ -1,0 +1,226 @@
+"""Bad input, as a new user would give it: every case ends in one ``error:`` line and exit 2, with nothing written.
+
+The table is the contract: (command, arguments, what the error must say). ``{org}`` is the tiny organism's
+directory, ``{bad}`` a directory of broken inputs built once, ``{out}`` a fresh output directory that must
+not exist afterwards.
+"""
+
+import importlib
+import json
+import shutil
+
+import pytest
+
+CASES = [
+    # --- landscape.epl: search settings
+    ("epl", "--threshold 150", "--threshold must be an ASR in [0, 100] %, got 150"),
+    ("epl", "--threshold -1", "--threshold must be an ASR in [0, 100] %"),
+    ("epl", "--threshold nan", "--threshold must be an ASR in [0, 100] %"),
+    ("epl", "--threshold abc", "argument --threshold: invalid float value: 'abc'"),
+    ("epl", "--tol 0", "--tol must be > 0, got 0"),
+    ("epl", "--tol -0.1", "--tol must be > 0"),
+    ("epl", "--max_alpha -1", "--max_alpha must be > 0, got -1"),
+    ("epl", "--first_step 0", "--first_step must be in (0, --max_alpha=0.5]"),
+    ("epl", "--first_step 0.6", "--first_step must be in (0, --max_alpha=0.5], got 0.6"),
+    ("epl", "--bootstrap -1", "--bootstrap must be >= 0"),
+    ("epl", "--limit -1", "--limit must be >= 1, got -1"),
+    ("epl", "--limit 0", "--limit must be >= 1, got 0"),
+    ("epl", "--random -1", "--random must be >= 0, got -1"),
+    ("epl", "--judge gpt4", "argument --judge: invalid choice: 'gpt4'"),
+    ("epl", "--judge guard", "judge 'guard' needs --judge-path"),
+    ("epl", "--backend tgi", "argument --backend: invalid choice: 'tgi'"),
+    ("epl", "--normalization unit", "argument --normalization: invalid choice: 'unit'"),
+    ("epl", "--dtype int8", "Unknown --dtype 'int8'"),
+    ("epl", "--no_such_flag 1", "unrecognized arguments: --no_such_flag 1"),
+    ("epl", "--base {org}/base", "--base/--harmful need --aligned"),
+    ("epl", "--aligned {org}/aligned", "--prompts is required with --aligned"),
+    # --- landscape.epl: files
+    ("epl", "--aligned {bad}/none --prompts {bad}/ok.csv", "Model path '{bad}/none' does not exist"),
+    ("epl", "--aligned {bad}/ok.csv --prompts {bad}/ok.csv", "is a file, not a model directory"),
+    ("epl", "--aligned {bad}/noconfig --prompts {bad}/ok.csv", "it has no config.json"),
+    ("epl", "--aligned {bad}/badconfig --prompts {bad}/ok.csv", "config.json' is not valid JSON"),
+    ("epl", "--aligned {bad}/nan --prompts {bad}/ok.csv", "tensor 'model.layers.0.mlp.up_proj.weight' contains NaN"),
+    ("epl", "--aligned {bad}/classifier --prompts {bad}/ok.csv", "initialise them at random"),
+    ("epl", "--preset tiny --cache_dir {cache} --prompts {bad}/empty.txt", "empty.txt: no prompts in file"),
+    ("epl", "--preset tiny --cache_dir {cache} --prompts {bad}/nogoal.csv", "has none of the columns goal"),
+    ("epl", "--preset tiny --cache_dir {cache} --prompts {bad}/ragged.csv", "ragged.csv, line 3: 3 fields"),
+    ("epl", "--preset tiny --cache_dir {cache} --prompts {bad}/open.csv", "open.csv, line 3: malformed CSV"),
+    ("epl", "--preset tiny --cache_dir {cache} --prompts {bad}/broken.json", "broken.json, line 1: malformed JSON"),
+    ("epl", "--preset tiny --cache_dir {cache} --prompts {bad}/dict.json", "expected a JSON list of prompts"),
+    ("epl", "--preset tiny --cache_dir {cache} --prompts {bad}/bad.jsonl", "bad.jsonl, line 2: malformed JSON"),
+    ("epl", "--preset tiny --cache_dir {cache} --prompts {bad}/latin1.txt", "latin1.txt: not UTF-8 text"),
+    (
+        "epl",
+        "--preset tiny --cache_dir {cache} --prompts {bad}/none.csv",
+        "Prompt file '{bad}/none.csv' does not exist",
+    ),
+    ("epl", "--preset tiny --cache_dir {cache} --direction {bad}/none", "Direction '{bad}/none' does not exist"),
+    ("epl", "--preset tiny --cache_dir {cache} --direction {org}/aligned", "is not a saved direction"),
+    ("epl", "--preset tiny --cache_dir {cache} --direction {bad}/foreign", "has shape"),
+    ("epl", "--preset tiny --cache_dir {cache} --judge classifier --judge_path {bad}/none", "does not exist"),
+    ("epl", "--preset tiny --cache_dir {cache} --judge classifier --judge_path {org}/aligned", "at random"),
+    ("epl", "--preset tiny --cache_dir {cache} --device cuda", "--device 'cuda': CUDA is not available"),
+    ("epl", "--preset tiny --cache_dir {cache} --device toaster", "--device 'toaster' is not a device"),
+    ("epl", "--preset tiny --cache_dir {cache} --out {bad}/ok.csv/sub", "not a directory"),
+    ("epl", "--preset tiny --cache_dir {cache} --out {bad}/locked", "another run is writing to"),
+    ("epl", "--preset tiny --cache_dir {cache} --out {bad}/other-run", "come from a different run"),
+    # --- landscape.scan
+    ("scan", "--direction d_harm --alphas a:b:c --out {out}", "--alphas 'a:b:c'"),
+    ("scan", "--direction d_harm --alphas 0:1 --out {out}", "--alphas '0:1': expected lo:hi:n"),
+    ("scan", "--direction d_harm --alphas 0:1:0 --out {out}", "--alphas '0:1:0': a grid needs at least one point"),
+    ("scan", "--direction d_harm --alphas nan --out {out}", "--alphas 'nan': needs finite numbers"),
+    ("scan", "--direction d_harm --alphas 0:1:3 --betas x --out {out}", "give one --direction with --alphas"),
+    ("scan", "--direction d_harm d_aligned --alphas 0:1:3 --out {out}", "or two with --alphas and --betas"),
+    ("scan", "--direction d_harm --alphas 0:1:3 --betas=-1:1:x --out {out}", "give one --direction"),
+    ("scan", "--direction d_harm d_aligned --alphas 0:1:3 --betas=-1:1:x --out {out}", "--betas '-1:1:x'"),
+    ("scan", "--direction d_harm --alphas 0:1:3 --judge guard --out {out}", "judge 'guard' needs --judge_path"),
+    ("scan", "--direction d_harm --alphas 0:1:3 --limit 0 --out {out}", "--limit must be >= 1"),
+    ("scan", "--direction d_nope --alphas 0:1:3 --preset tiny --cache_dir {cache} --out {out}", "Unknown direction"),
+    (
+        "scan",
+        "--direction {bad}/none --alphas 0:1:3 --aligned {org}/aligned --prompts {bad}/ok.csv --out {out}",
+        "is not a saved direction directory",
+    ),
+    ("scan", "--direction d_harm --alphas 0:1:3", "the following arguments are required: --out"),
+    # --- landscape.directions
+    ("directions", "compute --out {out}", "give exactly one of --start/--end, --adapter, --random_like"),
+    ("directions", "compute --end {org}/aligned --out {out}", "--end needs --start"),
+    ("directions", "compute --random_like {org}/aligned --blacklist x --out {out}", "--blacklist applies with"),
+    ("directions", "compute --random_like {org}/aligned --out {bad}", "already exists and is not empty"),
+    ("directions", "compute --start {org}/aligned --end {bad}/wide --out {out}", "has shape"),
+    (
+        "directions",
+        "compute --random_like {org}/aligned --normalization layer --blacklist ( --out {out}",
+        "is not a valid regular expression",
+    ),
+    ("directions", "table {bad}/d", "give at least two directions"),
+    ("directions", "table {bad}/d {bad}/d --by row", "argument --by: invalid choice: 'row'"),
+    ("directions", "table {bad}/d --null -1", "--null must be >= 0"),
+    ("directions", "frobnicate", "unknown command 'frobnicate'. Available: compute, table, table1"),
+    ("directions", "table1 --preset huge --cache_dir {out}", "Unknown organism preset 'huge'"),
+    # --- landscape.organism, landscape.figures
+    ("organism", "--preset huge", "argument --preset: invalid choice: 'huge'"),
+    ("figures", "--only fig9 --out {out}", "Unknown figure 'fig9'"),
+    # --- asft.train
+    ("train", "--lambda -1", "--lambda must be >= 0, got -1"),
+    ("train", "--mode qlora", "argument --mode: invalid choice: 'qlora'"),
+    ("train", "--form orth", "argument --form: invalid choice: 'orth'"),
+    ("train", "--method dpo", "argument --method: invalid choice: 'dpo'"),
+    ("train", "--p 2", "--p must be in [0, 1], got 2"),
+    ("train", "--n -5", "--n must be >= 0"),
+    ("train", "--output_dir {out}", "--aligned (the model to fine-tune) and --data are required"),
+    (
+        "train",
+        "--aligned {org}/aligned --base {org}/base --data {bad}/none.json --output_dir {out} --use_cpu",
+        "Data file '{bad}/none.json' does not exist",
+    ),
+    (
+        "train",
+        "--aligned {org}/aligned --data {bad}/sft.json --output_dir {out} --use_cpu",
+        "method 'asft' needs an anchor",
+    ),
+    (
+        "train",
+        "--aligned {org}/aligned --base {org}/base --data {bad}/sft.json --output_dir {out} --use_cpu",
+        "refusing to train on an unverified anchor",
+    ),
+    (
+        "train",
+        "--aligned {org}/aligned --base {org}/base --data {bad}/sft.json --target_modules wq --output_dir {out}"
+        " --use_cpu",
+        "the anchor has no module among target modules ['wq']",
+    ),
+    # --- asft.evaluate
+    ("evaluate", "--model {org}/aligned --harmful_prompts {bad}/ok.csv --judge classifier", "needs --judge_path"),
+    ("evaluate", "--model {bad}/none --harmful_prompts {bad}/ok.csv", "Model path '{bad}/none' does not exist"),
+    ("evaluate", "--model {org}/aligned --harmful_prompts {bad}/ok.csv --limit 0", "--limit must be >= 1"),
+    ("evaluate", "--model {org}/aligned --harmful_prompts {bad}/open.csv", "malformed CSV"),
+]
+MODULES = {
+    "epl": "landscape.epl",
+    "scan": "landscape.scan.__main__",
+    "directions": "landscape.directions.__main__",
+    "organism": "landscape.organism.__main__",
+    "figures": "landscape.figures",
+    "train": "asft.train",
+    "evaluate": "asft.evaluate",
+}
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, organism):
+    """Broken inputs of every kind, built once."""
+    from safetensors.torch import load_file, save_file
+
+    from landscape.directions import random_like, save_direction
+    from landscape.results import ResultsStore
+
+    d = tmp_path_factory.mktemp("bad")
+    (d / "ok.csv").write_text("goal,target\nHow do I hack the bank?,x\n")
+    (d / "empty.txt").write_text("# nothing here\n\n")
+    (d / "nogoal.csv").write_text("question_text,target\na,b\n")
+    (d / "ragged.csv").write_text("goal,target\na,b\nc,d,e\n")
+    (d / "open.csv").write_text('goal,target\na,b\n"never closed,x\n')
+    (d / "broken.json").write_text('[{"goal": "a"')
+    (d / "dict.json").write_text('{"goal": "a"}')
+    (d / "bad.jsonl").write_text('{"goal": "a"}\n{goal: b}\n')
+    (d / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    (d / "sft.json").write_text(json.dumps([{"instruction": "x", "input": "y", "output": "z"}] * 4))
+    (d / "noconfig").mkdir()
+    (d / "badconfig").mkdir()
+    (d / "badconfig" / "config.json").write_text("{not json")
+    shutil.copytree(organism["aligned"], d / "nan")
+    sd = load_file(d / "nan" / "model.safetensors")
+    sd["model.layers.0.mlp.up_proj.weight"][0, 0] = float("nan")
+    save_file(sd, d / "nan" / "model.safetensors", metadata={"format": "pt"})
+    _classifier_checkpoint(organism, d / "classifier")
+    _wide_checkpoint(organism, d / "wide")
+    save_direction(random_like(d / "wide", seed=0, name="foreign"), d / "foreign")
+    save_direction(random_like(organism["aligned"], seed=0, name="r"), d / "d")
+    locked = ResultsStore(d / "locked", {"run": "someone else's"})  # held for the whole module
+    (d / "other-run").mkdir()
+    (d / "other-run" / "run.json").write_text(json.dumps({"model": "another model"}))
+    yield d
+    locked.close()
+
+
+def _classifier_checkpoint(organism, path):
+    from transformers import AutoConfig, LlamaForSequenceClassification
+
+    from landscape.loading import load_tokenizer
+
+    cfg = AutoConfig.from_pretrained(organism["aligned"], num_labels=2)
+    LlamaForSequenceClassification(cfg).save_pretrained(path)
+    load_tokenizer(organism["aligned"]).save_pretrained(path)
+
+
+def _wide_checkpoint(organism, path):
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    from landscape.loading import load_tokenizer
+
+    cfg = AutoConfig.from_pretrained(organism["aligned"])
+    cfg.hidden_size *= 2
+    cfg.intermediate_size *= 2
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    load_tokenizer(organism["aligned"]).save_pretrained(path)
+
+
+@pytest.mark.parametrize("cli, args, expected", CASES, ids=[f"{c}: {a}" for c, a, _ in CASES])
+def test_bad_input_is_one_error_line_exit_2_and_nothing_written(
+    cli, args, expected, bad, organism, organism_cache, tmp_path, capsys
+):
+    fill = {"org": str(organism.root), "bad": str(bad), "cache": str(organism_cache), "out": str(tmp_path / "out")}
+    argv = [a.format(**fill) for a in args.split()]
+    if cli in ("epl",) and "--out" not in argv:
+        argv += ["--out", fill["out"]]
+    main = importlib.import_module(MODULES[cli]).main
+    assert main(argv) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and expected.format(**fill) in err[0], err
+    assert "Traceback" not in err[0]
+    assert not (tmp_path / "out").exists()  # a refused run leaves nothing behind
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 60
