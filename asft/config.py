@@ -14,6 +14,20 @@ from transformers import TrainingArguments
 from .regularizer import FORMS
 
 MODES = ("lora", "full")
+# Architectures peft's LoRA table lacks (Phi-3 fuses q, k and v into one projection).
+EXTRA_TARGET_MODULES = {"phi3": ["qkv_proj"], "qwen2_moe": ["q_proj", "v_proj"]}
+
+
+def default_target_modules(model_type: str | None) -> list[str]:
+    """peft's default LoRA target modules for a transformers ``model_type`` (plus :data:`EXTRA_TARGET_MODULES`)."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+    found = PEFT_TARGETS.get(model_type) or EXTRA_TARGET_MODULES.get(model_type)
+    if not found:
+        raise ValueError(f"no default target modules for model type {model_type!r}: name them with --target_modules")
+    return list(found)
+
+
 METHODS = ("asft", "sft", "safelora", "alt")
 
 
@@ -68,9 +82,12 @@ class AsftConfig(TrainingArguments):
     mode: str = field(
         default="lora", metadata={"help": "lora (peft adapters) or full (the target weights)", "choices": MODES}
     )
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "v_proj"],
-        metadata={"help": "modules to adapt and anchor (the paper: q_proj v_proj)"},
+    target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "modules to adapt and anchor (default: peft's choice for the architecture, q_proj v_proj on "
+            "Llama as in the paper, c_attn on GPT-2, qkv_proj on Phi-3)"
+        },
     )
     k: int = field(default=8, metadata={"help": "top-k singular directions of V (projector, aligned and alt)"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
@@ -107,7 +124,7 @@ class AsftConfig(TrainingArguments):
             raise ValueError(f"Unknown mode {self.mode!r}. Available: {', '.join(MODES)}")
         if self.k < 1 or self.lora_r < 1:
             raise ValueError(f"--k and --lora_r must be >= 1, got k={self.k}, lora_r={self.lora_r}")
-        if not self.target_modules:
+        if self.target_modules is not None and not self.target_modules:
             raise ValueError("--target_modules is empty")
         if self.p is not None and not 0 <= self.p <= 1:
             raise ValueError(f"--p must be in [0, 1], got {self.p} (the poison fraction)")
@@ -115,6 +132,12 @@ class AsftConfig(TrainingArguments):
             raise ValueError(f"--n must be >= 0, got {self.n}")
         if self.anchor_min_ratio <= 0:
             raise ValueError(f"--anchor_min_ratio must be > 0, got {self.anchor_min_ratio}")
+
+    def resolve_target_modules(self, model) -> list[str]:
+        """``target_modules``, or the architecture's default when none were named (kept in the config)."""
+        if self.target_modules is None:
+            self.target_modules = default_target_modules(getattr(model.config, "model_type", None))
+        return self.target_modules
 
     @property
     def effective_lambda(self) -> float:

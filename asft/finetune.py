@@ -87,6 +87,7 @@ def fine_tune(cfg: AsftConfig) -> TrainResult:
     records = training_records(cfg)
     n_harm = sum(is_harmful(r) for r in records)
     model, tok = load_model(cfg.aligned, dtype="float32", device=cfg.device)
+    cfg.resolve_target_modules(model)
     anchor = build_anchor(cfg, model, tok, records)
     trainer = AsftTrainer(
         model=model,

@@ -48,11 +48,31 @@ class ModuleAnchor:
         U = None if self.U is None else self.U.to(device=device, dtype=dtype)
         return ModuleAnchor(self.name, self.V.to(device=device, dtype=dtype), self.v_norm, U)
 
+    def transposed(self) -> ModuleAnchor:
+        """The anchor of a module that stores its weight as (d_in, d_out) (GPT-2's Conv1D), in the (d_out, d_in)
+        layout every penalty here uses: V becomes Vᵀ and U the top left singular vectors of Vᵀ."""
+        k = None if self.U is None else self.U.shape[1]
+        return make_module_anchor(self.name, self.V.T.contiguous(), k=k)
 
-def make_module_anchor(name: str, V: torch.Tensor, k: int | None = 8, exact_svd: bool = False) -> ModuleAnchor:
+
+def module_anchor(anchor, key: str, module: torch.nn.Module) -> ModuleAnchor:
+    """The anchor of weight ``key`` in the (d_out, d_in) layout of the penalties, whatever ``module`` stores."""
+    a = anchor.modules[key]
+    return a.transposed() if is_transposed(module) else a
+
+
+def is_transposed(module: torch.nn.Module) -> bool:
+    """True for modules whose ``weight`` is (d_in, d_out): transformers' Conv1D (GPT-2), also under a peft layer."""
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(getattr(module, "base_layer", module), Conv1D)
+
+
+def make_module_anchor(name: str, V: torch.Tensor, k: int | None = 8) -> ModuleAnchor:
     """Precompute what the forms need: ‖V‖_F, and the top-k left singular vectors when ``k`` is given.
 
-    The singular vectors come from a randomised SVD (``torch.svd_lowrank``) unless ``exact_svd``.
+    The singular vectors come from an exact SVD: it is computed once per module, and a randomised one
+    (``torch.svd_lowrank``) missed the subspace badly on slowly decaying spectra and differed run to run.
     """
     Vf = V.detach().float() if V.dtype not in (torch.float32, torch.float64) else V.detach()
     norm = float(torch.linalg.matrix_norm(Vf))
@@ -62,11 +82,7 @@ def make_module_anchor(name: str, V: torch.Tensor, k: int | None = 8, exact_svd:
     if k is not None:
         if not 1 <= k <= min(Vf.shape):
             raise ValueError(f"k must be in [1, {min(Vf.shape)}] for {name!r}, got {k}")
-        if exact_svd or k > min(Vf.shape) // 2:
-            U = torch.linalg.svd(Vf, full_matrices=False).U[:, :k]
-        else:
-            U = torch.svd_lowrank(Vf, q=min(k + 8, min(Vf.shape)), niter=4)[0][:, :k]
-        U = U.contiguous()
+        U = torch.linalg.svd(Vf, full_matrices=False).U[:, :k].contiguous()
     return ModuleAnchor(name, Vf, norm, U)
 
 

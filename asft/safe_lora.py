@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .anchor import Anchor
+from .regularizer import module_anchor
 
 
 @dataclass
@@ -37,7 +38,7 @@ def safe_lora_(peft_model, anchor: Anchor, threshold: float = 0.5) -> SafeLoraRe
         key = f"{name}.weight".removeprefix("base_model.model.")
         if key not in anchor.modules:
             continue
-        a = anchor.modules[key]
+        a = module_anchor(anchor, key, mod)
         B = mod.lora_B["default"].weight
         A = mod.lora_A["default"].weight.float()
         Bf = B.float()

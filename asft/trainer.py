@@ -16,13 +16,13 @@ from transformers import Trainer
 
 from .anchor import Anchor
 from .config import AsftConfig
-from .regularizer import full_penalty, lora_penalty
+from .regularizer import full_penalty, is_transposed, lora_penalty, module_anchor
 
 
 def _check_targets(model, config: AsftConfig, anchor: Anchor) -> set[str]:
     """The target modules' weight names; errors list what the model has and what the anchor lacks."""
     names = [n for n, _ in model.named_modules()]
-    have = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    have = sorted({n.split(".")[-1] for n, m in model.named_modules() if _is_dense(m)})
     for t in config.target_modules:
         if not any(n.split(".")[-1] == t for n in names):
             raise ValueError(f"Unknown target module {t!r}. The model's linear modules: {', '.join(have)}")
@@ -34,6 +34,10 @@ def _check_targets(model, config: AsftConfig, anchor: Anchor) -> set[str]:
             f"({len(missing)} of {len(weights)} missing): its modules do not match the model"
         )
     return weights
+
+
+def _is_dense(module: torch.nn.Module) -> bool:
+    return isinstance(module, torch.nn.Linear) or is_transposed(module)
 
 
 def lora_config(config: AsftConfig):
@@ -63,6 +67,7 @@ class AsftTrainer(Trainer):
     def __init__(self, model, args: AsftConfig, anchor: Anchor, peft_config=None, **kwargs):
         if not isinstance(args, AsftConfig):
             raise TypeError(f"AsftTrainer needs an AsftConfig, got {type(args).__name__}")
+        args.resolve_target_modules(model)
         weights = _check_targets(model, args, anchor)
         if args.mode == "lora":
             from peft import get_peft_model
@@ -77,16 +82,18 @@ class AsftTrainer(Trainer):
                 p.requires_grad_(n in weights)
         super().__init__(model=model, args=args, **kwargs)
         self.anchor = anchor
-        dev = next(self.model.parameters()).device
+        first = next(self.model.parameters())
+        dev, adt = first.device, (torch.float64 if first.dtype == torch.float64 else torch.float32)
         self._terms = []  # (ModuleAnchor on device, lora module | (param, W_aligned))
         for name, mod in self.model.named_modules():
             weight = f"{name}.weight"
             if args.mode == "lora" and hasattr(mod, "lora_A") and "default" in getattr(mod, "lora_A", {}):
                 key = weight.removeprefix("base_model.model.").replace(".base_layer", "")
                 if key in anchor.modules:
-                    self._terms.append((anchor.modules[key].to(dev), mod))
-            elif args.mode == "full" and weight in anchor.modules and isinstance(mod, torch.nn.Linear):
-                self._terms.append((anchor.modules[weight].to(dev), (mod.weight, mod.weight.detach().clone())))
+                    self._terms.append((module_anchor(anchor, key, mod).to(dev, adt), mod))
+            elif args.mode == "full" and weight in anchor.modules and _is_dense(mod):
+                a = module_anchor(anchor, weight, mod).to(dev, adt)
+                self._terms.append((a, (mod.weight, mod.weight.detach().clone(), is_transposed(mod))))
         if not self._terms:
             raise ValueError("no adapted module of the model is covered by the anchor")
         self._log_acc = {"task_loss": 0.0, "asft_reg": 0.0, "n": 0}
@@ -103,8 +110,8 @@ class AsftTrainer(Trainer):
                 s = target.scaling["default"] if cfg.include_lora_scale else 1.0
                 term = lora_penalty(form, anchor, B, A, s)
             else:
-                W, W0 = target
-                term = full_penalty(form, anchor, W - W0)
+                W, W0, transposed = target
+                term = full_penalty(form, anchor, (W - W0).T if transposed else W - W0)
             total = term if total is None else total + term
         return total
 

@@ -70,6 +70,10 @@ class EplArgs:
     seed: int = field(default=0, metadata={"help": "organism seed and bootstrap seed"})
     cache_dir: str | None = field(default=None, metadata={"help": "organism cache (default $SAFETY_LANDSCAPE_CACHE)"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    allow_foreign_direction: bool = field(
+        default=False,
+        metadata={"help": "apply directions computed from other checkpoints than --aligned (recorded in results)"},
+    )
 
     def __post_init__(self) -> None:
         from .metrics import check_threshold
@@ -111,11 +115,11 @@ class EplArgs:
         )
 
 
-def _harm_direction(harmful: str, aligned: str, name: str):
+def _harm_direction(harmful: str, aligned: str, name: str, allow_foreign: bool):
     from .directions import difference, from_adapter
 
     if (Path(harmful) / "adapter_config.json").is_file():
-        return from_adapter(harmful, base=aligned, name=name)
+        return from_adapter(harmful, base=aligned, name=name, allow_foreign=allow_foreign)
     return difference(aligned, harmful, name=name)
 
 
@@ -158,11 +162,14 @@ def run(args: EplArgs):
     if base:
         raw.append(difference(base, aligned, name="d_aligned"))
     if harmful:
-        raw.append(_harm_direction(harmful, aligned, "d_harm"))
+        raw.append(_harm_direction(harmful, aligned, "d_harm", args.allow_foreign_direction))
     raw += [random_like(aligned, seed=s, name=f"random-{s}") for s in range(args.random)]
     raw += [load_direction(p) for p in args.direction]
     if not raw:
         raise ValueError("no directions: give --base, --harmful, --direction or --random > 0")
+    from .provenance import check_source
+
+    foreign = {d.name: note for d in raw if (note := check_source(d, aligned, args.allow_foreign_direction))}
     dirs = [normalize(d, aligned, args.normalization) for d in raw]
 
     if args.backend == "vllm":  # the model is served by vLLM; its workers load saved directions
@@ -205,7 +212,7 @@ def run(args: EplArgs):
             evaluator,
             args.search_settings(),
             out_dir=args.out,
-            meta={"aligned": aligned, "prompts_file": prompts_path},
+            meta={"aligned": aligned, "prompts_file": prompts_path, "foreign_directions": foreign},
             restart=args.restart,
             perturber=perturber,
             rank=rank,
@@ -232,6 +239,7 @@ def run(args: EplArgs):
         "search_seconds": round(time.perf_counter() - search_t0, 2),
         "rank": rank,
         "world_size": world,
+        "foreign_directions": foreign,
     }
     if rank == 0:
         out = Path(args.out)
@@ -282,6 +290,8 @@ def format_table(report) -> str:
     calls = report.judge_calls
     total = calls.get("hits", 0) + calls.get("misses", 0)
     build = meta.get("organism_build_seconds", 0.0)
+    for name, note in meta.get("foreign_directions", {}).items():
+        lines.append(f"  ! {name} applied with --allow_foreign_direction: {note}")
     lines.append(
         (f"organism ready in {build:.1f} s; " if build else "")
         + f"search {meta.get('search_seconds', report.seconds):.1f} s, {report.evaluations} new evaluations "

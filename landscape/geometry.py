@@ -18,11 +18,12 @@ from .tensors import TensorStore, gaussian_tensor, get_flat, open_store, prefetc
 
 GROUPINGS = ("model", "tensor", "layer", "module")
 _MODULE_PATTERNS = (
+    ("qkv", r"qkv_proj|c_attn|query_key_value|Wqkv"),  # fused attention projections (Phi-3, GPT-2, ...)
     ("q", r"q_proj|\.query\b|\.wq\b"),
     ("k", r"k_proj|\.key\b|\.wk\b"),
     ("v", r"v_proj|\.value\b|\.wv\b"),
     ("o", r"o_proj|out_proj|\.wo\b|attn\.c_proj"),
-    ("mlp", r"mlp|gate_proj|up_proj|down_proj|feed_forward|\.fc\d"),
+    ("mlp", r"mlp|gate_proj|up_proj|gate_up_proj|down_proj|feed_forward|\.fc\d|c_fc|experts"),
     ("embeddings", r"embed|wte|wpe"),
     ("head", r"lm_head|output\.weight$"),
     ("norm", r"norm|ln_"),
@@ -30,7 +31,7 @@ _MODULE_PATTERNS = (
 
 
 def module_type(name: str) -> str:
-    """q, k, v, o, mlp, embeddings, head, norm or other."""
+    """qkv (fused), q, k, v, o, mlp (gate_up_proj and c_fc included), embeddings, head, norm or other."""
     for label, pat in _MODULE_PATTERNS:
         if re.search(pat, name):
             return label
@@ -56,15 +57,31 @@ def group_of(name: str, by: str) -> str:
     raise ValueError(f"Unknown grouping {by!r}. Available: {', '.join(GROUPINGS)}")
 
 
-def _names(a, b=None) -> list[str]:
-    na = a.names() if hasattr(a, "names") else a.keys()
-    if b is None:
-        return list(na)
-    nb = set(b.names() if hasattr(b, "names") else b.keys())
-    missing = [n for n in na if n not in nb]
-    if missing:
-        raise KeyError(f"{_origin(b)} has no tensor {missing[0]!r} ({len(missing)} of {len(na)} names missing)")
-    return list(na)
+def _names(a) -> list[str]:
+    return list(a.names() if hasattr(a, "names") else a.keys())
+
+
+def _shape(x, n: str) -> tuple[int, ...]:
+    return tuple(x.shape(n))
+
+
+def _split(a, b) -> tuple[list[str], list[str], list[str]]:
+    """(names in both, only in a, only in b); a shared name must have one shape in both."""
+    na, nb = _names(a), _names(b)
+    sb = set(nb)
+    shared = [n for n in na if n in sb]
+    if not shared:
+        raise ValueError(
+            f"{_origin(a)} and {_origin(b)} share no tensor name (e.g. {na[:1]} vs {nb[:1]}): "
+            "directions of different models cannot be compared"
+        )
+    for n in shared:
+        if _shape(a, n) != _shape(b, n):
+            raise ValueError(
+                f"tensor {n!r} is {list(_shape(a, n))} in {_origin(a)} but {list(_shape(b, n))} in {_origin(b)}"
+            )
+    sa = set(na)
+    return shared, [n for n in na if n not in sb], [n for n in nb if n not in sa]
 
 
 def _origin(x) -> str:
@@ -114,22 +131,33 @@ def _chunks(stores: list, names: list[str], chunk: int = CHUNK):
     return prefetched(produce())
 
 
-def _gram(a, b, names: list[str]):
-    """Per name: (⟨a,b⟩, ⟨a,a⟩, ⟨b,b⟩, numel), streamed in chunks."""
-    acc: dict[str, list[float]] = {}
-    for n, (x, y) in _chunks([a, b], names):
-        g = acc.setdefault(n, [0.0, 0.0, 0.0, 0])
+def _gram(a, b, names: list[str] | None = None):
+    """Per name: (⟨a,b⟩, ⟨a,a⟩, ⟨b,b⟩, numel, in a, in b), streamed in chunks over the union of names: a tensor
+    only one side has counts as zero on the other (a LoRA direction covers only the adapted modules)."""
+    if names is not None:
+        shared, only_a, only_b = list(names), [], []
+    else:
+        shared, only_a, only_b = _split(a, b)
+    acc: dict[str, list] = {}
+    for n, (x, y) in _chunks([a, b], shared):
+        g = acc.setdefault(n, [0.0, 0.0, 0.0, 0, True, True])
         g[0] += dot64(x, y)
         g[1] += dot64(x, x)
         g[2] += dot64(y, y)
         g[3] += x.numel()
+    for store, names_only, slot, other in ((a, only_a, 1, 5), (b, only_b, 2, 4)):
+        for n, (x,) in _chunks([store], names_only):
+            g = acc.setdefault(n, [0.0, 0.0, 0.0, 0, True, True])
+            g[slot] += dot64(x, x)
+            g[3] += x.numel()
+            g[other] = False
     return acc
 
 
 def dot(a, b, names: list[str] | None = None) -> float:
     """⟨a, b⟩ summed tensor by tensor over ``a``'s names (or ``names``), in float64."""
     a, b = _as(a), _as(b)
-    return sum(dot64(x, y) for _, (x, y) in _chunks([a, b], names or _names(a, b)))
+    return sum(dot64(x, y) for _, (x, y) in _chunks([a, b], names or _split(a, b)[0]))
 
 
 def norm(a, names: list[str] | None = None) -> float:
@@ -138,38 +166,54 @@ def norm(a, names: list[str] | None = None) -> float:
 
 
 def cosine(a, b, names: list[str] | None = None) -> float:
-    """Whole-model cosine similarity (0 when either side is zero)."""
+    """Whole-model cosine similarity over the union of tensor names (a tensor one side lacks counts as zero
+    there); 0 when either side is zero."""
     a, b = _as(a), _as(b)
-    acc = _gram(a, b, names or _names(a, b))
+    acc = _gram(a, b, names)
     ab, aa, bb = (sum(g[i] for g in acc.values()) for i in range(3))
     return ab / np.sqrt(aa * bb) if aa > 0 and bb > 0 else 0.0
 
 
 @dataclass
 class CosineRow:
-    """One group of a cosine table: cos(a, b) over the group's tensors and both norms."""
+    """One group of a cosine table: cos(a, b) over the group's tensors, both norms, and how much of each side's
+    squared norm lies in tensors the other side also has (1.0: the pair covers the same tensors)."""
 
     group: str
     cos: float
     norm_a: float
     norm_b: float
     numel: int
+    shared_a: float = 1.0
+    shared_b: float = 1.0
 
 
 def cosine_table(a, b, by: str = "module") -> list[CosineRow]:
-    """cos(a, b) per group ("model", "tensor", "layer" or "module" type), one pass over the tensors."""
+    """cos(a, b) per group ("model", "tensor", "layer" or "module" type), one pass over the union of tensors."""
     if by not in GROUPINGS:
         raise ValueError(f"Unknown grouping {by!r}. Available: {', '.join(GROUPINGS)}")
     a, b = _as(a), _as(b)
     acc: dict[str, list[float]] = {}
-    for n, (ab, aa, bb, k) in _gram(a, b, _names(a, b)).items():
-        g = acc.setdefault(group_of(n, by), [0.0, 0.0, 0.0, 0])
+    for n, (ab, aa, bb, k, in_a, in_b) in _gram(a, b).items():
+        g = acc.setdefault(group_of(n, by), [0.0, 0.0, 0.0, 0, 0.0, 0.0])
         for i, v in enumerate((ab, aa, bb, k)):
             g[i] += v
+        g[4] += aa if in_b else 0.0  # a's energy in tensors b has
+        g[5] += bb if in_a else 0.0
     rows = []
-    for g, (ab, aa, bb, k) in acc.items():
+    for g, (ab, aa, bb, k, sa, sb) in acc.items():
         c = ab / np.sqrt(aa * bb) if aa > 0 and bb > 0 else 0.0
-        rows.append(CosineRow(g, float(c), float(np.sqrt(aa)), float(np.sqrt(bb)), int(k)))
+        rows.append(
+            CosineRow(
+                g,
+                float(c),
+                float(np.sqrt(aa)),
+                float(np.sqrt(bb)),
+                int(k),
+                sa / aa if aa > 0 else 1.0,
+                sb / bb if bb > 0 else 1.0,
+            )
+        )
     return sorted(rows, key=lambda r: r.group)
 
 

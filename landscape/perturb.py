@@ -20,17 +20,55 @@ class PerturbationError(ValueError):
     pass
 
 
+def parameter_name(model: torch.nn.Module, name: str, params: dict | None = None, buffers: set | None = None):
+    """The model's parameter name for a checkpoint tensor name, or None for a buffer (not perturbed).
+
+    Checkpoints and live models may differ by the base model's prefix (GPT-2's ``h.0...`` beside
+    ``transformer.h.0...``); tied weights resolve to the shared parameter.
+
+    Raises:
+        PerturbationError: when the name fits no parameter (for MoE models whose experts transformers fuses,
+            with what to do instead).
+    """
+    params = params if params is not None else dict(model.named_parameters(remove_duplicate=False))
+    buffers = buffers if buffers is not None else {n for n, _ in model.named_buffers()}
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    candidates = [name]
+    if prefix:
+        candidates.append(f"{prefix}.{name}")
+        if name.startswith(prefix + "."):
+            candidates.append(name[len(prefix) + 1 :])
+    for c in candidates:
+        if c in params:
+            return c
+    if any(c in buffers for c in candidates):
+        return None
+    kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    hint = ""
+    if ".experts." in name:
+        hint = (
+            f"; {kind} keeps its experts fused in transformers, so per-expert checkpoint tensors do not map to its "
+            "parameters: checkpoint directions are unsupported for this model type (compute the direction from "
+            "loaded models instead: difference(model_a, model_b))"
+        )
+    raise PerturbationError(f"tensor {name!r} is not a parameter of the model ({kind}){hint}")
+
+
 def _resolve(model: torch.nn.Module, directions: Sequence[Direction]) -> dict[str, torch.nn.Parameter]:
-    """Direction tensor name -> model parameter, checking names and shapes; tied aliases map to one parameter."""
+    """Direction tensor name -> model parameter, checking names and shapes; tied aliases map to one parameter,
+    and tensors that are buffers of the model (older Llama checkpoints' ``rotary_emb.inv_freq``) are skipped."""
+    all_params = dict(model.named_parameters(remove_duplicate=False))
+    buffers = {n for n, _ in model.named_buffers()}
     params: dict[str, torch.nn.Parameter] = {}
     for d in directions:
         for n in d.names():
             try:
-                p = model.get_parameter(n)
-            except AttributeError:
-                raise PerturbationError(
-                    f"direction {d.name!r} has tensor {n!r}, which the model ({type(model).__name__}) lacks"
-                ) from None
+                target = parameter_name(model, n, all_params, buffers)
+            except PerturbationError as e:
+                raise PerturbationError(f"direction {d.name!r}: {e}") from None
+            if target is None:
+                continue
+            p = all_params[target]
             if tuple(p.shape) != tuple(d.shape(n)):
                 raise PerturbationError(
                     f"direction {d.name!r}: tensor {n!r} has shape {list(d.shape(n))}, the model's is {list(p.shape)}"
@@ -50,10 +88,11 @@ def check_compatible(model: torch.nn.Module, directions: Sequence[Direction]) ->
 
     Each direction tensor is read once (streamed); nothing is kept.
     """
-    _resolve(model, directions)
+    names = _resolve(model, directions)
     for d in directions:
         for n in d.names():
-            _check_finite(d, n, d.get(n))
+            if n in names:
+                _check_finite(d, n, d.get(n))
 
 
 class Perturbation:

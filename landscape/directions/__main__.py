@@ -120,11 +120,15 @@ def table(a: TableArgs) -> int:
     from . import load_direction
 
     dirs = [load_direction(p) for p in a.directions]
-    print(f"{'a':<16} {'b':<16} {'group':<14} {'cos':>10} {'|a|':>10} {'|b|':>10}")
+    print(f"{'a':<16} {'b':<16} {'group':<14} {'cos':>10} {'|a|':>10} {'|b|':>10} {'a shared':>8} {'b shared':>8}")
     for i, x in enumerate(dirs):
         for y in dirs[i + 1 :]:
             for r in cosine_table(x, y, by=a.by):
-                print(f"{x.name:<16} {y.name:<16} {r.group:<14} {r.cos:10.3e} {r.norm_a:10.3e} {r.norm_b:10.3e}")
+                print(
+                    f"{x.name:<16} {y.name:<16} {r.group:<14} {r.cos:10.3e} {r.norm_a:10.3e} {r.norm_b:10.3e} "
+                    f"{r.shared_a:8.1%} {r.shared_b:8.1%}"
+                )
+    print("(a shared: the share of |a|^2 in tensors b also has; a tensor one side lacks counts as zero there)")
     if a.reference:
         for d in dirs:
             print(f"|{d.name}| / |theta| = {relative_norm(d, a.reference):.3e}")

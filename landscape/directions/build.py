@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..provenance import model_type
 from ..tensors import DifferenceStore, TensorStore, gaussian_tensor, open_store
 from .core import Direction, StreamHasher, new_meta, stream_map
 
@@ -99,14 +100,20 @@ def difference(
 
     def finalize(meta: dict) -> dict:
         if hash_sources:
-            meta["sources"][0]["sha256"] = ha.hexdigest()
-            meta["sources"][1]["sha256"] = hb.hexdigest()
+            from ..provenance import remember
+
+            for src, h in zip(meta["sources"], (ha, hb), strict=True):
+                src["sha256"] = h.hexdigest()
+                remember(src["path"], src["sha256"])
         return meta
 
     meta = new_meta(
         kind,
         name=name,
-        sources=[{"path": a.origin, "role": "start"}, {"path": b.origin, "role": "end"}],
+        sources=[
+            {"path": a.origin, "role": "start", "model_type": model_type(a.origin)},
+            {"path": b.origin, "role": "end", "model_type": model_type(b.origin)},
+        ],
         normalization="none",
     )
     return stream_map(names, one, meta, out=out, finalize=finalize, progress=progress)
@@ -153,11 +160,28 @@ def _adapter_scale(cfg: dict, module: str) -> float:
     return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
 
 
+def _check_adapter_base(cfg_path: Path, recorded, base, allow_foreign: bool) -> str | None:
+    """The base's content hash (None for an in-memory base); refuse a base other than the adapter's own."""
+    from ..provenance import ForeignDirectionError, checkpoint_hash
+
+    if base is None or not isinstance(base, (str, Path)) or not Path(base).is_dir():
+        return None
+    mine = checkpoint_hash(base)
+    other = bool(recorded) and Path(recorded).is_dir() and Path(recorded).resolve() != Path(base).resolve()
+    if other and not allow_foreign and checkpoint_hash(recorded) != mine:
+        raise ForeignDirectionError(
+            f"{cfg_path}: the adapter was trained on {recorded}, not on {base} (their contents differ); "
+            "pass --allow_foreign_direction to use it anyway (recorded)"
+        )
+    return mine
+
+
 def from_adapter(
     adapter_dir: str | Path,
     base=None,
     out: str | Path | None = None,
     name: str | None = None,
+    allow_foreign: bool = False,
 ) -> Direction:
     """The update a PEFT LoRA adapter makes: ΔW = scale · B·A per adapted module (scale = α/r, or α/√r with rsLoRA).
 
@@ -166,6 +190,11 @@ def from_adapter(
         base: the base checkpoint (or model) to check names and shapes against; recommended.
         out: write to this directory instead of returning in memory.
         name: a label such as "d_harm".
+        allow_foreign: accept a ``base`` other than the one the adapter's config records (when that one is a
+            local checkpoint with other contents).
+
+    Raises:
+        ForeignDirectionError: the adapter was trained on another local checkpoint than ``base``.
     """
     d = Path(adapter_dir)
     cfg_path = d / "adapter_config.json"
@@ -189,6 +218,7 @@ def from_adapter(
         parts.setdefault(m.group("module"), {})[m.group("part")] = key
     base_store = open_store(base) if base is not None else None
     base_names = set(base_store.keys()) if base_store is not None else set()
+    base_sha = _check_adapter_base(cfg_path, cfg.get("base_model_name_or_path"), base, allow_foreign)
     targets = {}
     for module, p in parts.items():
         if not ({"A", "B"} <= set(p) or {"embedding_A", "embedding_B"} <= set(p)):
@@ -224,6 +254,10 @@ def from_adapter(
         lora_r=cfg.get("r"),
         lora_alpha=cfg.get("lora_alpha"),
         sources=[{"path": str(d), "role": "adapter", "base_model": cfg.get("base_model_name_or_path")}]
-        + ([{"path": base_store.origin, "role": "base"}] if base_store is not None else []),
+        + (
+            [{"path": base_store.origin, "role": "base", "sha256": base_sha, "model_type": model_type(base)}]
+            if base_store is not None
+            else []
+        ),
     )
     return stream_map(sorted(targets), one, meta, out=out)

@@ -5,8 +5,9 @@ Normalisations (each relative to reference weights θ):
 - ``none``: the direction as it is;
 - ``model``: the whole direction scaled to ‖θ‖;
 - ``layer``: each tensor scaled to its weight's norm (Peng et al. 2024);
-- ``filter``: each row (output unit) scaled to the weight row's norm (Li et al. 2018); 1-D tensors
-  that are not blacklisted are scaled as a whole.
+- ``filter``: each output unit's weights scaled to the norm of the reference's (Li et al. 2018): rows of a
+  (d_out, d_in) weight, columns of a (d_in, d_out) one (GPT-2's Conv1D); 1-D tensors that are not blacklisted
+  are scaled as a whole.
 
 A blacklist of regular expressions (default: normalisation layers, as Peng et al.) gets a zero
 direction; ``"1d"`` in the blacklist zeroes every 1-D tensor (biases and norms, as Li et al.).
@@ -46,6 +47,26 @@ def blacklisted_names(names: list[str], blacklist, shapes: dict[str, tuple], str
     return out
 
 
+CONV1D_MODEL_TYPES = ("gpt2", "openai-gpt")  # transformers' Conv1D: weights stored as (d_in, d_out)
+_CONV1D_WEIGHT = re.compile(r"(^|\.)(c_attn|c_proj|c_fc|q_attn)\.weight$")
+
+
+def transposed_weights(reference, names: list[str]) -> set[str]:
+    """Names among ``names`` whose weights are stored (d_in, d_out): the model's Conv1D modules, or for a
+    checkpoint directory of a Conv1D model type, its c_attn / c_proj / c_fc weights."""
+    if isinstance(reference, torch.nn.Module):
+        from transformers.pytorch_utils import Conv1D
+
+        found = {f"{n}.weight" for n, m in reference.named_modules() if isinstance(m, Conv1D)}
+        return {n for n in names if n in found or any(n == f.split(".", 1)[-1] for f in found)}
+    if isinstance(reference, (str, Path)):
+        from ..provenance import model_type
+
+        if model_type(reference) in CONV1D_MODEL_TYPES:
+            return {n for n in names if _CONV1D_WEIGHT.search(n)}
+    return set()
+
+
 def _eps_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(b > 0, a / b.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(a))
 
@@ -82,6 +103,7 @@ def normalize(
             raise ValueError(
                 f"{ref.origin}: tensor {n!r} has shape {list(ref.shape(n))}, the direction {list(shapes[n])}"
             )
+    transposed = transposed_weights(reference, names) if method == "filter" else set()
     strict = blacklist is not None
     black = blacklisted_names(names, DEFAULT_BLACKLIST if blacklist is None else blacklist, shapes, strict)
     scale = 1.0
@@ -102,6 +124,8 @@ def normalize(
         w = ref.get(n).float().to(d.device)
         if method == "layer" or d.dim() <= 1:
             return d * _eps_div(w.norm(), d.norm())
+        if n in transposed:  # output units are columns
+            return (d.T * _eps_div(w.T.norm(dim=1), d.T.norm(dim=1))[:, None]).T.contiguous()
         rows_w = w.reshape(w.shape[0], -1).norm(dim=1)
         rows_d = d.reshape(d.shape[0], -1).norm(dim=1)
         return d * _eps_div(rows_w, rows_d).reshape(-1, *([1] * (d.dim() - 1)))

@@ -51,6 +51,10 @@ class ScanArgs:
     cache_dir: str | None = field(default=None, metadata={"help": "organism cache root"})
     restart: bool = field(default=False, metadata={"help": "discard the results in --out and start over"})
     html: bool = field(default=True, metadata={"help": "write scan.html (plotly) beside scan.png"})
+    allow_foreign_direction: bool = field(
+        default=False,
+        metadata={"help": "apply directions computed from other checkpoints than --aligned (recorded in run.json)"},
+    )
 
     def __post_init__(self) -> None:
         if len(self.direction) not in (1, 2) or (len(self.direction) == 2) != (self.betas is not None):
@@ -131,6 +135,9 @@ def run(args: ScanArgs):
         raise ValueError("--prompts is required with --aligned")
     prompts = load_prompts(args.prompts or str(org.eval_prompts_csv), limit=args.limit)
     dirs = _directions(args.direction, org, args.normalization)
+    from ..provenance import check_source
+
+    foreign = {d.name: note for d in dirs if (note := check_source(d, aligned, args.allow_foreign_direction))}
     jkw = {"path": args.judge_path, "device": device} if args.judge in ("guard", "classifier") else {}
     judge = CachedJudge(make_judge(args.judge, **jkw))
     model, tok = load_model(aligned, dtype=args.dtype, device=device)
@@ -154,6 +161,7 @@ def run(args: ScanArgs):
             ev,
             out_dir=args.out,
             series=" x ".join(d.name for d in dirs),
+            meta={"foreign_directions": foreign},
             restart=args.restart,
             progress=rank == 0,
             rank=rank,
