@@ -70,6 +70,13 @@ class EplArgs:
     seed: int = field(default=0, metadata={"help": "organism seed and bootstrap seed"})
     cache_dir: str | None = field(default=None, metadata={"help": "organism cache (default $SAFETY_LANDSCAPE_CACHE)"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    vllm_kv_cache_bytes: int | None = field(
+        default=None, metadata={"help": "vLLM KV-cache size in bytes (give it on a CPU: the default takes most RAM)"}
+    )
+    vllm_block_size: int | None = field(default=None, metadata={"help": "vLLM KV-cache block (CPU: a multiple of 32)"})
+    vllm_max_model_len: int | None = field(default=None, metadata={"help": "vLLM: longest prompt + answer"})
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM: GPUs per model"})
+    vllm_enforce_eager: bool = field(default=False, metadata={"help": "vLLM: no graphs / compilation"})
     allow_foreign_direction: bool = field(
         default=False,
         metadata={"help": "apply directions computed from other checkpoints than --aligned (recorded in results)"},
@@ -178,7 +185,15 @@ def run(args: EplArgs):
         from .vllm_backend import VLLMBackend
 
         vllm_dtype = str(resolve_dtype(args.dtype) or "auto").removeprefix("torch.")
-        backend = VLLMBackend(aligned, dtype=vllm_dtype)
+        backend = VLLMBackend(
+            aligned,
+            dtype=vllm_dtype,
+            tensor_parallel_size=args.vllm_tensor_parallel_size,
+            kv_cache_memory_bytes=args.vllm_kv_cache_bytes,
+            block_size=args.vllm_block_size,
+            max_model_len=args.vllm_max_model_len,
+            enforce_eager=args.vllm_enforce_eager or None,
+        )
         saved = []
         for d in dirs:
             target = Path(args.out) / "directions" / d.name

@@ -43,6 +43,8 @@ def parameter_name(model: torch.nn.Module, name: str, params: dict | None = None
             return c
     if any(c in buffers for c in candidates):
         return None
+    if name.rsplit(".", 1)[-1] in {b.rsplit(".", 1)[-1] for b in buffers}:
+        return None  # a buffer older checkpoints saved elsewhere (per-layer rotary_emb.inv_freq)
     kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
     hint = ""
     if ".experts." in name:

@@ -103,7 +103,10 @@ def test_perturbation_rejects_mismatched_directions(organism, aligned):
     model, _ = aligned
     before = weights_fingerprint(model)
     bad_name = Direction(MemoryStore({"model.layers.9.mlp.up_proj.weight": torch.zeros(2, 2)}), {"name": "dx"})
-    with pytest.raises(PerturbationError, match="direction 'dx' has tensor 'model.layers.9.mlp.up_proj.weight'"):
+    with pytest.raises(
+        PerturbationError,
+        match="direction 'dx': tensor 'model.layers.9.mlp.up_proj.weight' is not a parameter of the model",
+    ):
         Perturbation(model, [bad_name])
     q = "model.layers.0.self_attn.q_proj.weight"
     bad_shape = Direction(MemoryStore({q: torch.zeros(3, 3)}), {"name": "dy"})
