@@ -243,3 +243,17 @@ def test_two_runs_into_one_directory_the_second_refuses(organism_cache, tmp_path
     finally:
         holder.close()
     assert not (out / "points.jsonl").exists()
+
+
+def test_scan_command_judges_after_generation_and_draws_its_grid(organism_cache, tmp_path, capsys):
+    from landscape.results import ResultsStore
+    from landscape.scan.__main__ import main
+
+    out = tmp_path / "s"
+    base = ["--preset", "tiny", "--cache_dir", str(organism_cache), "--direction", "d_harm", "--limit", "8"]
+    assert main([*base, "--alphas", "0,0.05", "--judge_after", "--out", str(out)]) == 0
+    assert "ASR min" in capsys.readouterr().out
+    with ResultsStore(out, json.loads((out / "run.json").read_text())) as store:
+        recs = store.series("d_harm")
+    assert len(recs) == 2 and all("asr" in r["metrics"] and not r["metrics"].get("pending") for r in recs)
+    assert (out / "scan.png").read_bytes()[:4] == b"\x89PNG" and "Plotly.newPlot" in (out / "scan.html").read_text()

@@ -188,3 +188,41 @@ def test_scan_checks_coordinates(aligned, d_harm):
     model, tok = aligned
     with pytest.raises(ValueError, match=r"point \(0.1, 0.2\) has 2 coordinates for 1 directions"):
         scan(model, [d_harm], [(0.1, 0.2)], _evaluator(model, tok))
+
+
+def test_deferred_judging_equals_judging_per_point_in_one_batched_pass(aligned, d_harm, tmp_path):
+    """Model judges can run after generation: one call per judge over every point of the scan, same numbers."""
+    from landscape.judges import Judge, make_judge
+    from landscape.results import RUN_FILE
+    from landscape.scan import judge_pending
+
+    model, tok = aligned
+
+    class Counting(Judge):
+        name = "keyword"
+
+        def __init__(self):
+            self.inner, self.calls = make_judge("keyword"), []
+
+        def key(self):
+            return self.inner.key()
+
+        def judge(self, prompts, responses):
+            self.calls.append(len(prompts))
+            return self.inner(prompts, responses)
+
+    grid = [-0.05, 0.0, 0.03, 0.06]
+    s = GenerationSettings(max_new_tokens=16)
+    now = SafetyEvaluator(HFBackend(model, tok), PROMPTS, make_judge("keyword"), s, [make_judge("oracle")])
+    direct = scan_1d(model, d_harm, grid, now, progress=False)
+    counting = Counting()
+    later = SafetyEvaluator(HFBackend(model, tok), PROMPTS, counting, s, [make_judge("oracle")], defer_judging=True)
+    res = scan_1d(model, d_harm, grid, later, out_dir=tmp_path / "d", progress=False)
+    assert all(r["metrics"]["pending"] for r in res.records) and counting.calls == []
+    with ResultsStore(tmp_path / "d", json.loads((tmp_path / "d" / RUN_FILE).read_text())) as store:
+        judge_pending(res, later, store)
+    assert len(counting.calls) == 1 and counting.calls[0] <= len(PROMPTS) * len(grid)  # one pass, distinct pairs
+    for a, b in zip(direct.records, res.records, strict=True):
+        assert a["metrics"]["asr"] == b["metrics"]["asr"] and a["metrics"]["asr_oracle"] == b["metrics"]["asr_oracle"]
+    again = scan_1d(model, d_harm, grid, later, out_dir=tmp_path / "d", progress=False)
+    assert again.evaluated == 0 and not any(r["metrics"].get("pending") for r in again.records)  # stored judged

@@ -84,6 +84,10 @@ class SafetyEvaluator(Evaluator):
         settings: generation settings.
         extra_judges: more judges whose ASR is reported as ``asr_<name>`` (e.g. the organism's oracle).
         keep_responses: store every answer with the point (else the first few).
+        defer_judging: only generate at each point (records hold the answers and ``"pending": True``); judge
+            every point of the scan afterwards in one batched pass with :func:`judge_pending`. For model judges
+            (guard, classifier) that should not share the device with the model being scanned, or that batch
+            better over a whole scan. Not for the EPL search, which decides where to look from each verdict.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class SafetyEvaluator(Evaluator):
         settings=None,
         extra_judges: Sequence = (),
         keep_responses: bool = True,
+        defer_judging: bool = False,
     ):
         from ..generation import GenerationSettings
 
@@ -104,7 +109,8 @@ class SafetyEvaluator(Evaluator):
         self.judge = judge
         self.settings = settings or GenerationSettings()
         self.extra = list(extra_judges)
-        self.keep = keep_responses
+        self.keep = keep_responses or defer_judging  # deferred verdicts need every answer
+        self.defer = defer_judging
 
     def config(self) -> dict:
         return {
@@ -114,12 +120,19 @@ class SafetyEvaluator(Evaluator):
             "prompts_sha256": sha256_text(self.prompts),
             "n_prompts": len(self.prompts),
             "generation": self.settings.as_dict(),
+            **({"deferred_judging": True} if self.defer else {}),
         }
 
     def __call__(self, model) -> dict:
+        responses = self.backend.generate(self.prompts, self.settings)
+        if self.defer:
+            return {"pending": True, "n": len(responses), "responses": responses}
+        return self.metrics(responses)
+
+    def metrics(self, responses: list[str]) -> dict:
+        """ASR and labels of one point's answers (every judge called once, batched over the prompts)."""
         from ..metrics import asr, wilson_interval
 
-        responses = self.backend.generate(self.prompts, self.settings)
         verdicts = self.judge(self.prompts, responses)
         unsafe = [v.unsafe for v in verdicts]
         k = sum(unsafe)
@@ -138,6 +151,39 @@ class SafetyEvaluator(Evaluator):
             out[f"labels_{j.name}"] = {lab: ex_labels.count(lab) for lab in sorted(set(ex_labels))}
         out["responses"] = responses if self.keep else responses[:3]
         return out
+
+
+def judge_pending(result: ScanResult, evaluator: SafetyEvaluator, store: ResultsStore | None = None) -> ScanResult:
+    """Judge every point a deferred scan generated, in one batched pass per judge over all points.
+
+    The judges see all (prompt, answer) pairs of the scan at once (a :class:`~landscape.judges.CachedJudge`
+    judges each distinct pair once); each point's metrics are then computed from those verdicts. Judged
+    records are appended to ``store`` (a later line for the same point wins when the store is read), so a
+    rerun finds them judged.
+    """
+    from ..judges import CachedJudge
+
+    todo = [r for r in result.records if r["metrics"].get("pending")]
+    if todo:
+        pairs_p = [p for _ in todo for p in evaluator.prompts]
+        pairs_r = [a for r in todo for a in r["metrics"]["responses"]]
+        judges = [evaluator.judge, *evaluator.extra]
+        cached = [j if isinstance(j, CachedJudge) else CachedJudge(j) for j in judges]
+        for j in cached:
+            j(pairs_p, pairs_r)  # the one batched pass: every later call below is answered from the cache
+        saved = evaluator.judge, evaluator.extra
+        evaluator.judge, evaluator.extra = cached[0], cached[1:]
+        try:
+            for r in todo:
+                metrics = evaluator.metrics(r["metrics"]["responses"])
+                if store is not None:
+                    new = store.append(r["series"], r["coords"], metrics, r.get("seconds", 0.0))
+                    r.update(new)
+                else:
+                    r["metrics"] = metrics
+        finally:
+            evaluator.judge, evaluator.extra = saved
+    return result
 
 
 class RefusalScoreEvaluator(Evaluator):

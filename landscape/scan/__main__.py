@@ -51,6 +51,10 @@ class ScanArgs:
     cache_dir: str | None = field(default=None, metadata={"help": "organism cache root"})
     restart: bool = field(default=False, metadata={"help": "discard the results in --out and start over"})
     html: bool = field(default=True, metadata={"help": "write scan.html (plotly) beside scan.png"})
+    judge_after: bool = field(
+        default=False,
+        metadata={"help": "generate at every point first, then judge all points in one batched pass (model judges)"},
+    )
     allow_foreign_direction: bool = field(
         default=False,
         metadata={"help": "apply directions computed from other checkpoints than --aligned (recorded in run.json)"},
@@ -148,6 +152,7 @@ def run(args: ScanArgs):
         GenerationSettings(
             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, static_cache=args.static_cache
         ),
+        defer_judging=args.judge_after,
     )
     if world > 1:
         import torch.distributed as dist
@@ -174,6 +179,14 @@ def run(args: ScanArgs):
             if dist.is_initialized():
                 dist.destroy_process_group()
     res.extra.update(rank=rank, world_size=world, total=len(coords), out=args.out, names=[d.name for d in dirs])
+    if rank == 0 and args.judge_after:
+        import json
+
+        from ..results import RUN_FILE, ResultsStore
+        from . import judge_pending
+
+        with ResultsStore(args.out, json.loads((Path(args.out) / RUN_FILE).read_text())) as store:
+            judge_pending(res, ev, store)
     if rank == 0:
         res.extra["pictures"] = write_pictures(res, Path(args.out), args.html)
     return res
