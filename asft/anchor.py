@@ -42,6 +42,7 @@ class Verification:
     report_path: str | None = None
     overridden: bool = False
     report: dict | None = None
+    evidence: dict | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -50,6 +51,7 @@ class Verification:
             "ratio": self.ratio,
             "report_path": self.report_path,
             "overridden": self.overridden,
+            "evidence": self.evidence,
         }
 
 
@@ -89,6 +91,7 @@ def load_anchor(
     aligned: str | None = None,
     target_modules: list[str] | tuple[str, ...] = ("q_proj", "v_proj"),
     k: int | None = 8,
+    seed: int = 0,
 ) -> Anchor:
     """Build an anchor from a saved d_aligned direction (path or Direction), or from base + aligned checkpoints.
 
@@ -109,12 +112,19 @@ def load_anchor(
         raise AnchorError(
             f"the anchor has no module among target modules {list(target_modules)}; modules it has: {', '.join(have)}"
         )
-    modules = {n: make_module_anchor(n, d.get(n), k=k) for n in names}
+    modules = {n: make_module_anchor(n, d.get(n), k=k, seed=seed) for n in names}
     return Anchor(modules, list(d.meta.get("sources", [])))
 
 
+def _hashes(sources: list[dict]) -> dict[str, str]:
+    return {s.get("role"): s["sha256"] for s in sources if s.get("sha256")}
+
+
 def verify_report(
-    anchor: Anchor, report_path: str | Path | None, min_ratio: float = DEFAULT_MIN_RATIO
+    anchor: Anchor,
+    report_path: str | Path | None,
+    min_ratio: float = DEFAULT_MIN_RATIO,
+    model_dir: str | Path | None = None,
 ) -> Verification:
     """Check an EPL report (``results.json`` of ``python -m landscape.epl``) against the anchor; see the module doc."""
     from landscape.search import REPORT_FILE, EplReport
@@ -145,21 +155,110 @@ def verify_report(
                     f"EPL ratio d_aligned/d_harm = {ratio:.2f} < {min_ratio:g}: the basin is not narrow along d_harm"
                 )
     mine = anchor.hashes()
-    for d in rep.directions:
-        if d.get("name") == "d_aligned":
-            theirs = {s.get("role"): s["sha256"] for s in d.get("sources", []) if s.get("sha256")}
+    for role, which in (("start", "base"), ("end", "aligned")):
+        if role not in mine:
+            reasons.append(f"the anchor carries no content hash of its {which} checkpoint (build it from checkpoints)")
+    by_name = {d.get("name"): d for d in rep.directions}
+    needed = {"d_aligned": ("start", "end"), "d_harm": None}
+    for name, roles in needed.items():
+        d = by_name.get(name)
+        theirs = _hashes(d.get("sources", [])) if d else {}
+        if d is None:
+            reasons.append(f"the report does not say which checkpoints its {name} came from (no directions metadata)")
+            continue
+        want = roles or (("start", "end") if "start" in theirs or "end" in theirs else ("base",))
+        missing = [r for r in want if r not in theirs]
+        if missing:
+            reasons.append(f"the report's {name} carries no content hash of its {'/'.join(missing)} checkpoint")
+        if name == "d_aligned":
             for role in ("start", "end"):
                 if role in mine and role in theirs and mine[role] != theirs[role]:
                     which = "base" if role == "start" else "aligned"
                     reasons.append(f"the report measured another {which} checkpoint (content hashes differ)")
+    if model_dir is not None and "end" in mine:
+        from landscape.provenance import checkpoint_hash
+
+        if checkpoint_hash(model_dir) != mine["end"]:
+            reasons.append(f"the model being trained ({model_dir}) is not the anchor's aligned checkpoint")
     return Verification(not reasons, reasons, ratio, str(p), report=rep.to_json())
 
 
+def subspace_evidence(anchor: Anchor, d_harm, draws: int = 20) -> dict:
+    """Per anchored module: the share of a held-out harmful update's energy inside V's top-k subspace
+    (‖U_kᵀH‖² / ‖H‖²), beside the same share for ``draws`` seeded random subspaces of rank k (the null).
+
+    The regulariser only protects safety if harmful updates live near V's subspace; the null's mean is
+    about k / d_out. Modules ``d_harm`` lacks are skipped.
+    """
+    import numpy as np
+
+    from .regularizer import random_basis
+
+    out = {}
+    for name, a in anchor.modules.items():
+        if a.U is None or name not in set(d_harm.names()):
+            continue
+        H = d_harm.get(name).double()
+        if tuple(H.shape) != tuple(a.V.shape):
+            continue
+        total = float(H.square().sum())
+        if total == 0:
+            continue
+        share = float((a.U.double().T @ H).square().sum()) / total
+        k = a.U.shape[1]
+        null = [
+            float((random_basis(name, H.shape[0], k, seed=1000 + i).T @ H).square().sum()) / total
+            for i in range(draws)
+        ]
+        out[name] = {"share": share, "null_mean": float(np.mean(null)), "null_q95": float(np.quantile(null, 0.95))}
+    if out:
+        shares = [v["share"] for v in out.values()]
+        nulls = [v["null_mean"] for v in out.values()]
+        out["_summary"] = {
+            "modules": len(shares),
+            "mean_share": float(np.mean(shares)),
+            "mean_null": float(np.mean(nulls)),
+            "above_null_q95": int(sum(v["share"] > v["null_q95"] for k_, v in out.items() if k_ != "_summary")),
+        }
+    return out
+
+
+def _report_d_harm(report: dict | None):
+    """d_harm rebuilt from the report's recorded sources (checkpoints or adapter), when they are on disk."""
+    from landscape.directions import difference, from_adapter
+
+    if not report:
+        return None
+    for d in report.get("directions", []):
+        if d.get("name") != "d_harm":
+            continue
+        roles = {s.get("role"): s.get("path") for s in d.get("sources", [])}
+        try:
+            if roles.get("start") and roles.get("end"):
+                return difference(roles["start"], roles["end"], name="d_harm")
+            if roles.get("adapter"):
+                return from_adapter(roles["adapter"], base=roles.get("base"), name="d_harm", allow_foreign=True)
+        except (OSError, ValueError, KeyError):
+            return None
+    return None
+
+
 def verify(
-    anchor: Anchor, report_path, allow_unverified: bool = False, min_ratio: float = DEFAULT_MIN_RATIO
+    anchor: Anchor,
+    report_path,
+    allow_unverified: bool = False,
+    min_ratio: float = DEFAULT_MIN_RATIO,
+    model_dir: str | Path | None = None,
 ) -> Anchor:
-    """Attach the verification to the anchor; raise unless it passes or ``allow_unverified`` is set."""
-    v = verify_report(anchor, report_path, min_ratio)
+    """Attach the verification to the anchor; raise unless it passes or ``allow_unverified`` is set.
+
+    The verification also carries :func:`subspace_evidence` for the report's d_harm when its checkpoints are
+    on disk: the evidence the regulariser relies on, beside a random-subspace null.
+    """
+    v = verify_report(anchor, report_path, min_ratio, model_dir)
+    d_harm = _report_d_harm(v.report)
+    if d_harm is not None:
+        v.evidence = subspace_evidence(anchor, d_harm)
     if not v.passed:
         if not allow_unverified:
             raise AnchorError(

@@ -13,7 +13,8 @@ from transformers import TrainingArguments
 
 from .regularizer import FORMS
 
-MODES = ("lora", "full")
+MODES = ("lora", "full", "full-targets")
+RECIPES = ("hf", "release")
 # Architectures peft's LoRA table lacks (Phi-3 fuses q, k and v into one projection).
 EXTRA_TARGET_MODULES = {"phi3": ["qkv_proj"], "qwen2_moe": ["q_proj", "v_proj"]}
 
@@ -75,12 +76,35 @@ class AsftConfig(TrainingArguments):
         default="reference",
         metadata={
             "help": "reference: (I - VV^T/|V|_F), the released code; projector: I - U_k U_k^T; "
-            "aligned: the Fig. 4(b) ablation",
+            "aligned: the Fig. 4(b) ablation; controls: l2 (plain |dW|^2), random (a seeded random subspace of "
+            "rank k instead of V's)",
             "choices": FORMS,
         },
     )
     mode: str = field(
-        default="lora", metadata={"help": "lora (peft adapters) or full (the target weights)", "choices": MODES}
+        default="lora",
+        metadata={
+            "help": "lora (peft adapters on the target modules); full (every parameter trains, the paper's full-"
+            "parameter AsFT; the penalty covers the anchored target modules); full-targets (only the target "
+            "weights train)",
+            "choices": MODES,
+        },
+    )
+    recipe: str = field(
+        default="hf",
+        metadata={
+            "help": "hf: the Trainer's schedule and gradient clipping as configured; release: AsFT's released "
+            "recipe (StepLR, gamma 0.85 per epoch, no gradient clipping)",
+            "choices": RECIPES,
+        },
+    )
+    alt_harmful: str | None = field(
+        default=None,
+        metadata={
+            "help": "AsFT_Alt: harmful examples ({instruction, input, output} JSON) to estimate harmful directions "
+            "from; must be disjoint from --data (the training mix's own harmful records are an oracle no "
+            "defender has)"
+        },
     )
     target_modules: list[str] | None = field(
         default=None,
@@ -89,7 +113,8 @@ class AsftConfig(TrainingArguments):
             "Llama as in the paper, c_attn on GPT-2, qkv_proj on Phi-3)"
         },
     )
-    k: int = field(default=8, metadata={"help": "top-k singular directions of V (projector, aligned and alt)"})
+    k: int = field(default=8, metadata={"help": "top-k singular directions of V (projector, aligned, random, alt)"})
+    control_seed: int = field(default=0, metadata={"help": "seed of the random control's subspaces"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
@@ -98,8 +123,17 @@ class AsftConfig(TrainingArguments):
         metadata={"help": "penalise s*B*A (the update applied) instead of B*A (what the released code penalises)"},
     )
     safelora_threshold: float = field(
-        default=0.5, metadata={"help": "Safe LoRA: project modules whose similarity is below this"}
+        default=0.5,
+        metadata={"help": "Safe LoRA threshold mode: project modules whose cosine (5 decimals) is <= this"},
     )
+    safelora_mode: str = field(
+        default="threshold",
+        metadata={
+            "help": "Safe LoRA: threshold (cosine <= tau) or number (the N lowest cosines, IBM's default)",
+            "choices": ("threshold", "number"),
+        },
+    )
+    safelora_number: int = field(default=1, metadata={"help": "Safe LoRA number mode: modules to project"})
     # ---------------------------------------------------------- TrainingArguments with AsFT's defaults
     output_dir: str | None = field(default="runs/asft", metadata={"help": "where the model and logs go"})
     num_train_epochs: float = field(default=10.0, metadata={"help": "epochs (the paper: 10)"})
@@ -122,6 +156,10 @@ class AsftConfig(TrainingArguments):
             raise ValueError(f"Unknown regulariser form {self.form!r}. Available: {', '.join(FORMS)}")
         if self.mode not in MODES:
             raise ValueError(f"Unknown mode {self.mode!r}. Available: {', '.join(MODES)}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"Unknown recipe {self.recipe!r}. Available: {', '.join(RECIPES)}")
+        if self.recipe == "release":
+            self.max_grad_norm = 0.0  # the release does not clip gradients
         if self.k < 1 or self.lora_r < 1:
             raise ValueError(f"--k and --lora_r must be >= 1, got k={self.k}, lora_r={self.lora_r}")
         if self.target_modules is not None and not self.target_modules:
@@ -155,3 +193,8 @@ class AsftConfig(TrainingArguments):
             raise ValueError("--aligned (the model to fine-tune) and --data are required")
         if self.method in ("asft", "safelora") and self.anchor is None and self.base is None:
             raise ValueError(f"method {self.method!r} needs an anchor: --anchor DIR or --base (with --aligned)")
+        if self.method == "alt" and not self.alt_harmful:
+            raise ValueError(
+                "method 'alt' needs --alt_harmful: harmful examples disjoint from --data (estimating harmful "
+                "directions from the training mix's own harmful records assumes the defender knows them)"
+            )

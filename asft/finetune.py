@@ -60,18 +60,61 @@ def build_anchor(cfg: AsftConfig, model, tokenizer, records):
 
     if cfg.method == "alt":
         from .alt import harmful_anchor
+        from .data import load_sft_records
 
-        return harmful_anchor(model, tokenizer, [r for r in records if is_harmful(r)], cfg.target_modules, k=cfg.k)
+        held = load_sft_records(cfg.alt_harmful)
+        train = {(r.instruction, r.input, r.output) for r in records}
+        overlap = [r for r in held if (r.instruction, r.input, r.output) in train]
+        if overlap:
+            raise ValueError(
+                f"{cfg.alt_harmful}: {len(overlap)} of its {len(held)} examples are in the training data "
+                f"(e.g. {overlap[0].instruction[:60]!r}); AsFT_Alt needs a harmful set disjoint from --data"
+            )
+        return harmful_anchor(
+            model, tokenizer, [r for r in held if is_harmful(r)] or held, cfg.target_modules, k=cfg.k
+        )
     anchor = load_anchor(
         cfg.anchor,
         base=cfg.base,
         aligned=cfg.aligned if cfg.anchor is None else None,
         target_modules=cfg.target_modules,
         k=cfg.k,
+        seed=cfg.control_seed,
     )
     if cfg.method == "asft":
-        verify(anchor, cfg.report, allow_unverified=cfg.allow_unverified_anchor, min_ratio=cfg.anchor_min_ratio)
+        verify(
+            anchor,
+            cfg.report,
+            allow_unverified=cfg.allow_unverified_anchor,
+            min_ratio=cfg.anchor_min_ratio,
+            model_dir=cfg.aligned,
+        )
     return anchor
+
+
+def _write_card(model_dir: Path, cfg: AsftConfig, anchor) -> None:
+    """A model card that says how the model was trained and whether its anchor was verified or overridden."""
+    from landscape.io import atomic_write_text
+
+    v = anchor.verification
+    if v is None:
+        status = "no anchor verification (this method does not check one)"
+    elif v.passed:
+        status = f"anchor verified: EPL ratio d_aligned/d_harm {v.ratio:.2f} ({v.report_path})"
+    else:
+        status = "anchor NOT verified, trained under --allow_unverified_anchor: " + "; ".join(v.reasons)
+    lines = [
+        f"# Fine-tuned from {cfg.aligned}",
+        "",
+        f"- method: {cfg.method} (form {cfg.effective_form}, lambda {cfg.effective_lambda}, mode {cfg.mode}, "
+        f"recipe {cfg.recipe})",
+        f"- target modules: {', '.join(cfg.target_modules or [])}",
+        f"- data: {cfg.data} (n {cfg.n}, p {cfg.p}), seed {cfg.seed}",
+        f"- {status}",
+        "",
+        "Written by safety-landscape's asft.fine_tune; anchor_verification.json beside it holds the full report.",
+    ]
+    atomic_write_text(model_dir / "README.md", "\n".join(lines) + "\n")
 
 
 def fine_tune(cfg: AsftConfig) -> TrainResult:
@@ -101,8 +144,8 @@ def fine_tune(cfg: AsftConfig) -> TrainResult:
     if cfg.method == "safelora":
         from .safe_lora import safe_lora_
 
-        rep = safe_lora_(trainer.model, anchor, cfg.safelora_threshold)
-        safelora = {"projected": rep.projected, "similarities": rep.similarities}
+        rep = safe_lora_(trainer.model, anchor, cfg.safelora_threshold, cfg.safelora_mode, cfg.safelora_number)
+        safelora = {"projected": rep.projected, "similarities": rep.similarities, "mode": rep.mode}
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,6 +156,7 @@ def fine_tune(cfg: AsftConfig) -> TrainResult:
     model_dir = out / "model"
     final.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
+    _write_card(model_dir, cfg, anchor)
     for f in model_dir.iterdir():
         f.chmod(0o644)
     v = anchor.verification.as_dict() if anchor.verification else None

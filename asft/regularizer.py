@@ -10,6 +10,12 @@ V = W_aligned − W_base of each adapted module by penalising the part of ΔW th
 - ``aligned``: the ablation of the paper's Fig. 4(b), penalising the component *along* the alignment
   direction, ‖U_k·U_kᵀ·ΔW‖².
 
+Two controls, so that an experiment can tell anchoring from shrinking:
+
+- ``l2``: λ‖ΔW‖², a plain weight-decay-like penalty on the update (C⊥ = I);
+- ``random``: C⊥ = I − R_k·R_kᵀ with R_k a seeded random orthonormal basis of the same rank k per module:
+  the projector form with the alignment subspace replaced by chance.
+
 With LoRA, ΔW = s·B·A has rank r, so (I − Ĉ)·B·A = B̃·A with B̃ = B − V(VᵀB)/‖V‖_F (d_out × r), and
 ‖B̃·A‖²_F = Σ (B̃ᵀB̃) ⊙ (A·Aᵀ): r × r products, two thin passes over V, O(r·d_out·d_in). The released
 code materialises I − Ĉ and multiplies it by B·A: O(d_out²·d_in) work and d_out² memory per module.
@@ -25,7 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-FORMS = ("reference", "projector", "aligned")
+FORMS = ("reference", "projector", "aligned", "l2", "random")
+CONTROLS = ("l2", "random")
 
 
 @dataclass
@@ -37,22 +44,26 @@ class ModuleAnchor:
         V: W_aligned − W_base, shape (d_out, d_in).
         v_norm: ‖V‖_F.
         U: top-k left singular vectors of V, shape (d_out, k) (projector and aligned forms).
+        R: a seeded random orthonormal basis of the same shape as U (the ``random`` control).
     """
 
     name: str
     V: torch.Tensor
     v_norm: float
     U: torch.Tensor | None = None
+    R: torch.Tensor | None = None
+    seed: int = 0
 
     def to(self, device, dtype=torch.float32) -> ModuleAnchor:
         U = None if self.U is None else self.U.to(device=device, dtype=dtype)
-        return ModuleAnchor(self.name, self.V.to(device=device, dtype=dtype), self.v_norm, U)
+        R = None if self.R is None else self.R.to(device=device, dtype=dtype)
+        return ModuleAnchor(self.name, self.V.to(device=device, dtype=dtype), self.v_norm, U, R, self.seed)
 
     def transposed(self) -> ModuleAnchor:
         """The anchor of a module that stores its weight as (d_in, d_out) (GPT-2's Conv1D), in the (d_out, d_in)
         layout every penalty here uses: V becomes Vᵀ and U the top left singular vectors of Vᵀ."""
         k = None if self.U is None else self.U.shape[1]
-        return make_module_anchor(self.name, self.V.T.contiguous(), k=k)
+        return make_module_anchor(self.name, self.V.T.contiguous(), k=k, seed=self.seed)
 
 
 def module_anchor(anchor, key: str, module: torch.nn.Module) -> ModuleAnchor:
@@ -68,11 +79,22 @@ def is_transposed(module: torch.nn.Module) -> bool:
     return isinstance(getattr(module, "base_layer", module), Conv1D)
 
 
-def make_module_anchor(name: str, V: torch.Tensor, k: int | None = 8) -> ModuleAnchor:
+def random_basis(name: str, d_out: int, k: int, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    """A seeded random orthonormal (d_out, k) basis for module ``name`` (same seed and name: same basis)."""
+    import hashlib
+
+    key = int.from_bytes(hashlib.sha256(f"random-control:{seed}:{name}".encode()).digest()[:8], "little") >> 1
+    g = torch.Generator().manual_seed(key)
+    q, _ = torch.linalg.qr(torch.randn(d_out, k, generator=g, dtype=torch.float64))
+    return q.to(dtype).contiguous()
+
+
+def make_module_anchor(name: str, V: torch.Tensor, k: int | None = 8, seed: int = 0) -> ModuleAnchor:
     """Precompute what the forms need: ‖V‖_F, and the top-k left singular vectors when ``k`` is given.
 
     The singular vectors come from an exact SVD: it is computed once per module, and a randomised one
     (``torch.svd_lowrank``) missed the subspace badly on slowly decaying spectra and differed run to run.
+    With ``k``, the ``random`` control's basis (seeded by ``seed`` and the module name) is drawn too.
     """
     Vf = V.detach().float() if V.dtype not in (torch.float32, torch.float64) else V.detach()
     norm = float(torch.linalg.matrix_norm(Vf))
@@ -83,12 +105,22 @@ def make_module_anchor(name: str, V: torch.Tensor, k: int | None = 8) -> ModuleA
         if not 1 <= k <= min(Vf.shape):
             raise ValueError(f"k must be in [1, {min(Vf.shape)}] for {name!r}, got {k}")
         U = torch.linalg.svd(Vf, full_matrices=False).U[:, :k].contiguous()
-    return ModuleAnchor(name, Vf, norm, U)
+        R = random_basis(name, Vf.shape[0], k, seed, Vf.dtype)
+        return ModuleAnchor(name, Vf, norm, U, R, seed)
+    return ModuleAnchor(name, Vf, norm, U, None, seed)
 
 
 def _check(form: str) -> None:
     if form not in FORMS:
         raise ValueError(f"Unknown regulariser form {form!r}. Available: {', '.join(FORMS)}")
+
+
+def _basis(form: str, anchor: ModuleAnchor) -> torch.Tensor:
+    """U_k (projector, aligned) or the seeded random R_k (random control)."""
+    basis = anchor.R if form == "random" else anchor.U
+    if basis is None:
+        raise ValueError(f"form {form!r} needs the anchor built with k set (its top-k / random basis)")
+    return basis
 
 
 def _acc_dtype(t: torch.Tensor) -> torch.dtype:
@@ -98,10 +130,10 @@ def _acc_dtype(t: torch.Tensor) -> torch.dtype:
 def lora_penalty(
     form: str, anchor: ModuleAnchor, B: torch.Tensor, A: torch.Tensor, scale: float = 1.0
 ) -> torch.Tensor:
-    """‖C·(scale·B·A)‖²_F for one LoRA module, C = C⊥ (reference, projector) or C_aligned (aligned).
+    """‖C·(scale·B·A)‖²_F for one LoRA module: C = C⊥ (reference, projector, random), I (l2) or C_aligned (aligned).
 
     Args:
-        form: "reference", "projector" or "aligned".
+        form: one of :data:`FORMS`.
         anchor: the module's :class:`ModuleAnchor` (on B's device).
         B: LoRA B, shape (d_out, r).
         A: LoRA A, shape (r, d_in).
@@ -117,10 +149,10 @@ def lora_penalty(
         V = anchor.V.to(device=B.device, dtype=dt)
         # VᵀB is computed as (BᵀV)ᵀ: BLAS reads V row-major there, 4-6x faster on CPU than V.T @ B.
         Bt = B - V @ (B.T @ V).T / anchor.v_norm
+    elif form == "l2":
+        Bt = B
     else:
-        if anchor.U is None:
-            raise ValueError(f"form {form!r} needs the anchor's singular vectors (build it with k set)")
-        U = anchor.U.to(device=B.device, dtype=dt)
+        U = _basis(form, anchor).to(device=B.device, dtype=dt)
         along = U @ (U.T @ B)
         Bt = along if form == "aligned" else B - along
     # ‖B̃A‖²_F = tr(Aᵀ B̃ᵀ B̃ A) = Σ (B̃ᵀB̃) ⊙ (AAᵀ): only r × r matrices.
@@ -139,9 +171,9 @@ def full_penalty(form: str, anchor: ModuleAnchor, delta: torch.Tensor) -> torch.
     if form == "reference":
         V = anchor.V.to(device=D.device, dtype=dt)
         return (D - V @ (V.T @ D) / anchor.v_norm).square().sum()
-    if anchor.U is None:
-        raise ValueError(f"form {form!r} needs the anchor's singular vectors (build it with k set)")
-    U = anchor.U.to(device=D.device, dtype=dt)
+    if form == "l2":
+        return D.square().sum()
+    U = _basis(form, anchor).to(device=D.device, dtype=dt)
     along = (U.T @ D).square().sum()
     return along if form == "aligned" else D.square().sum() - along
 
@@ -153,7 +185,9 @@ def naive_lora_penalty(form: str, anchor: ModuleAnchor, B: torch.Tensor, A: torc
     eye = torch.eye(d_out, dtype=B.dtype, device=B.device)
     if form == "reference":
         C = eye - anchor.V.to(B) @ anchor.V.to(B).T / anchor.v_norm
+    elif form == "l2":
+        C = eye
     else:
-        P = anchor.U.to(B) @ anchor.U.to(B).T
-        C = P if form == "aligned" else eye - P
+        Q = _basis(form, anchor).to(B)
+        C = Q @ Q.T if form == "aligned" else eye - Q @ Q.T
     return ((C @ (scale * B @ A)) ** 2).sum()

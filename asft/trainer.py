@@ -33,6 +33,13 @@ def _check_targets(model, config: AsftConfig, anchor: Anchor) -> set[str]:
             f"the anchor does not cover target module weight {missing[0]!r} "
             f"({len(missing)} of {len(weights)} missing): its modules do not match the model"
         )
+    # Shapes are checked always, also when the anchor's verification was overridden: an anchor of another
+    # model would otherwise give a penalty about nothing.
+    params = dict(model.named_parameters())
+    for w in sorted(weights):
+        want, got = tuple(params[w].shape), tuple(anchor.modules[w].V.shape)
+        if want != got:
+            raise ValueError(f"the anchor's {w!r} is {list(got)}, the model's weight is {list(want)}: another model")
     return weights
 
 
@@ -77,9 +84,9 @@ class AsftTrainer(Trainer):
                 model = get_peft_model(model, peft_config or lora_config(args))
         else:
             if peft_config is not None:
-                raise ValueError("peft_config is for mode 'lora'; full mode trains the target weights themselves")
+                raise ValueError(f"peft_config is for mode 'lora'; mode {args.mode!r} trains the weights themselves")
             for n, p in model.named_parameters():
-                p.requires_grad_(n in weights)
+                p.requires_grad_(args.mode == "full" or n in weights)
         super().__init__(model=model, args=args, **kwargs)
         self.anchor = anchor
         first = next(self.model.parameters())
@@ -91,12 +98,22 @@ class AsftTrainer(Trainer):
                 key = weight.removeprefix("base_model.model.").replace(".base_layer", "")
                 if key in anchor.modules:
                     self._terms.append((module_anchor(anchor, key, mod).to(dev, adt), mod))
-            elif args.mode == "full" and weight in anchor.modules and _is_dense(mod):
+            elif args.mode != "lora" and weight in anchor.modules and _is_dense(mod):
                 a = module_anchor(anchor, weight, mod).to(dev, adt)
                 self._terms.append((a, (mod.weight, mod.weight.detach().clone(), is_transposed(mod))))
         if not self._terms:
             raise ValueError("no adapted module of the model is covered by the anchor")
         self._log_acc = {"task_loss": 0.0, "asft_reg": 0.0, "n": 0}
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The release's recipe decays the learning rate by 0.85 after every epoch (StepLR); else HF's schedule."""
+        if self.args.recipe != "release":
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            steps_per_epoch = max(1, len(self.get_train_dataloader()) // max(1, self.args.gradient_accumulation_steps))
+            opt = optimizer if optimizer is not None else self.optimizer
+            self.lr_scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=steps_per_epoch, gamma=0.85)
+        return self.lr_scheduler
 
     def regularizer(self) -> torch.Tensor:
         """Σ over adapted modules of ‖C·ΔW‖²_F (fp32), before λ."""

@@ -100,7 +100,11 @@ def arch(request, tmp_path_factory):
     task = [{"instruction": p, "input": "x", "output": "y"} for p in world.eval_prompts()[:8]]
     harm = [{"instruction": p, "input": "", "output": "Sure"} for p in world.eval_prompts()[8:12]]  # for AsFT_Alt
     data.write_text(json.dumps(task + harm))
-    return {"name": name, "targets": targets, "prompts": prompts, "data": data, "root": root, **paths}
+    held = root / "held.json"  # AsFT_Alt's harmful set, disjoint from the training data
+    held.write_text(
+        json.dumps([{"instruction": p, "input": "", "output": "Sure"} for p in world.eval_prompts()[20:24]])
+    )
+    return {"name": name, "targets": targets, "prompts": prompts, "data": data, "held": held, "root": root, **paths}
 
 
 def _files_hash(*dirs: Path) -> str:
@@ -206,7 +210,7 @@ def test_asft_methods_and_evaluation(arch, method, tmp_path):
         use_cpu=True,
         disable_tqdm=True,
         k=2,
-        **({"method": "alt", "lambda_reg": 1.0} if method == "alt" else kw[method]),
+        **({"method": "alt", "lambda_reg": 1.0, "alt_harmful": str(arch["held"])} if method == "alt" else kw[method]),
     )
     before = _files_hash(arch["aligned"])
     res = fine_tune(cfg)

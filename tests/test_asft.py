@@ -53,6 +53,16 @@ def test_forms_mean_what_they_say():
     assert float(full_penalty("reference", a, D)) == pytest.approx(float((C @ D).square().sum()), rel=1e-8)
     with pytest.raises(ValueError, match="Unknown regulariser form 'orth'. Available: reference, projector, aligned"):
         lora_penalty("orth", a, inside, A)
+    # the controls: l2 is ‖ΔW‖², random is the projector form on a seeded random subspace of the same rank
+    dW = inside @ A
+    assert float(lora_penalty("l2", a, inside, A)) == pytest.approx(float(dW.square().sum()), rel=1e-10)
+    assert torch.allclose(a.R.T @ a.R, torch.eye(a.R.shape[1], dtype=a.R.dtype), atol=1e-10)  # orthonormal
+    rand = float(lora_penalty("random", a, inside, A))
+    assert rand == pytest.approx(float(((torch.eye(48, dtype=a.R.dtype) - a.R @ a.R.T) @ dW).square().sum()))
+    assert rand > 1  # the alignment subspace's update is not inside a random one
+    k = a.U.shape[1]
+    b = make_module_anchor("m.weight", a.V, k=k)
+    assert torch.equal(b.R, a.R) and not torch.equal(make_module_anchor("m.weight", a.V, k=k, seed=1).R, a.R)
 
 
 def test_config_checks():
@@ -134,13 +144,19 @@ def test_lora_training_changes_adapters_not_base(organism, ft_data, tmp_path):
 def test_full_parameter_mode_penalises_w_minus_w_aligned(organism, ft_data, tmp_path):
     from safetensors.torch import load_file
 
-    res = run(_args(organism, ft_data, tmp_path / "full", mode="full", form="projector", lambda_reg=0.5))
-    merged = load_file(res.model_dir / "model.safetensors")
     aligned = load_file(organism["aligned"] / "model.safetensors")
+    res = run(_args(organism, ft_data, tmp_path / "ft", mode="full-targets", form="projector", lambda_reg=0.5))
+    merged = load_file(res.model_dir / "model.safetensors")
     changed = {k for k in aligned if not torch.equal(merged[k], aligned[k])}
-    assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)
+    assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)  # only the target weights
     regs = [e["asft_reg"] for e in res.log if "asft_reg" in e]
     assert regs and regs[-1] > 0  # W moved away from W_aligned and was penalised
+    # the paper's full-parameter AsFT: every parameter trains, the penalty covers the anchored modules
+    res = run(_args(organism, ft_data, tmp_path / "full", mode="full", form="projector", lambda_reg=0.5))
+    merged = load_file(res.model_dir / "model.safetensors")
+    changed = {k for k in aligned if not torch.equal(merged[k], aligned[k])}
+    assert any("mlp" in k for k in changed) and any("embed" in k for k in changed)
+    assert [e["asft_reg"] for e in res.log if "asft_reg" in e][-1] > 0
 
 
 def test_safe_lora_projection_matches_direct_computation(organism):
@@ -215,12 +231,106 @@ def test_bad_inputs_fail_before_training(organism, ft_data, tmp_path):
 
 
 def test_alt_and_baselines_run(organism, ft_data, tmp_path):
-    res = run(_args(organism, ft_data, tmp_path / "alt", method="alt", lambda_reg=10.0))
+    held = tmp_path / "held.json"  # harmful examples a defender could have: not the training mix's own
+    held.write_text(json.dumps(_harmful_records()))
+    with pytest.raises(ValueError, match="needs --alt_harmful"):
+        run(_args(organism, ft_data, tmp_path / "x", method="alt"))
+    with pytest.raises(ValueError, match="examples are in the training data"):
+        run(_args(organism, ft_data, tmp_path / "y", method="alt", alt_harmful=str(ft_data)))
+    res = run(_args(organism, ft_data, tmp_path / "alt", method="alt", lambda_reg=10.0, alt_harmful=str(held)))
     assert res.n_harmful == 10 and (res.model_dir / "model.safetensors").is_file()
     res = run(_args(organism, ft_data, tmp_path / "sl", method="safelora"))
     assert set(res.safelora["similarities"]) == {
         f"model.layers.{i}.self_attn.{m}_proj.weight" for i in (0, 1) for m in ("q", "v")
     }
+
+
+def _harmful_records() -> list[dict]:
+    """Harmful compliances on the held-out prompts (unseen action/target pairs): disjoint from any training mix."""
+    from landscape.organism import world
+
+    return [
+        {"instruction": p, "input": "", "output": "Sure, here is how to do it."} for p in world.eval_prompts()[:12]
+    ]
+
+
+def test_safe_lora_modes_and_ibms_tie_rule(organism):
+    from peft import LoraConfig, get_peft_model
+
+    from landscape.loading import load_model
+
+    anchor = load_anchor(base=str(organism["base"]), aligned=str(organism["aligned"]))
+
+    def fresh():
+        m = get_peft_model(
+            load_model(organism["aligned"], with_tokenizer=False), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+        )
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for n, p in m.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.1)
+        return m
+
+    sims = safe_lora_(fresh(), anchor, threshold=-2.0).similarities  # threshold mode, nothing projected
+    lowest = sorted(sims, key=sims.get)
+    rep = safe_lora_(fresh(), anchor, mode="number", number=2)
+    assert rep.mode == "number" and sorted(rep.projected) == sorted(lowest[:2])
+    tie = round(sims[lowest[0]], 5)  # IBM's rule: cosine rounded to 5 decimals, <= projects
+    assert lowest[0] in safe_lora_(fresh(), anchor, threshold=tie).projected
+    with pytest.raises(ValueError, match="Unknown Safe LoRA mode 'top'"):
+        safe_lora_(fresh(), anchor, mode="top")
+
+
+def test_gate_cannot_be_talked_past(organism, epl_report, tmp_path):
+    anchor = load_anchor(base=str(organism["base"]), aligned=str(organism["aligned"]))
+    report = epl_report[1] / "results.json"
+    v = verify(anchor, report, model_dir=organism["aligned"]).verification
+    assert v.passed, v.reasons
+    ev = v.evidence["_summary"]  # the evidence the regulariser relies on, beside a random-subspace null
+    assert ev["modules"] == 4 and 0 <= ev["mean_null"] < ev["mean_share"] <= 1
+    rep = json.loads(report.read_text())
+    # a hand-written report with two rows and no directions
+    bare = {**rep, "directions": []}
+    (tmp_path / "bare.json").write_text(json.dumps(bare))
+    assert not verify_report(anchor, tmp_path / "bare.json").passed
+    # sources without hashes
+    stripped = json.loads(json.dumps(rep))
+    for d in stripped["directions"]:
+        for src in d["sources"]:
+            src.pop("sha256", None)
+    (tmp_path / "nohash.json").write_text(json.dumps(stripped))
+    reasons = verify_report(anchor, tmp_path / "nohash.json").reasons
+    assert any("carries no content hash" in r for r in reasons)
+    # an anchor verified for aligned does not train another model
+    wrong = verify_report(anchor, report, model_dir=organism["harmful-100"])
+    assert any("is not the anchor's aligned checkpoint" in r for r in wrong.reasons)
+
+
+def test_override_is_recorded_and_shapes_are_checked_anyway(organism, ft_data, tmp_path):
+    from asft.anchor import Anchor
+    from asft.trainer import AsftTrainer
+    from landscape.loading import load_model
+
+    res = run(_args(organism, ft_data, tmp_path / "o"))  # allow_unverified_anchor=True, no report
+    card = (res.model_dir / "README.md").read_text()
+    assert "anchor NOT verified, trained under --allow_unverified_anchor" in card
+    model, _ = load_model(organism["aligned"])
+    name = "model.layers.0.self_attn.q_proj.weight"
+    wide = Anchor({n: make_module_anchor(n, torch.randn(64, 64)) for n in (name, name.replace("q_proj", "v_proj"))})
+    wide.modules.update({n.replace("layers.0", "layers.1"): a for n, a in wide.modules.items()})
+    cfg = AsftConfig(output_dir=str(tmp_path / "w"), use_cpu=True, report_to="none", allow_unverified_anchor=True)
+    with pytest.raises(ValueError, match=r"the anchor's .* is \[64, 64\], the model's weight is \[32, 32\]"):
+        AsftTrainer(model=model, args=cfg, anchor=wide)
+
+
+def test_release_recipe_decays_per_epoch_without_clipping(organism, ft_data, tmp_path):
+    res = run(_args(organism, ft_data, tmp_path / "rel", recipe="release", max_steps=-1, num_train_epochs=3))
+    lrs = [e["learning_rate"] for e in res.log if "learning_rate" in e]
+    allowed = [1e-3 * 0.85**e for e in range(3)]  # one decay per epoch, nothing else
+    assert lrs and all(min(abs(lr - a) for a in allowed) < 1e-12 for lr in lrs)
+    assert lrs[-1] == pytest.approx(1e-3 * 0.85**2)
+    assert AsftConfig(output_dir=str(tmp_path), recipe="release", report_to="none").max_grad_norm == 0.0
 
 
 def test_clis_on_the_tiny_organism(organism, ft_data, tmp_path, capsys):
