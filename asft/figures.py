@@ -75,22 +75,22 @@ def one_run(ctx: Context, overrides: dict, p: float, seed: int) -> dict:
     try:
         data = tmp / "data.json"
         atomic_write_json(data, export.finetune_records(N_TASK, 0.2, seed=ctx.args.seed))
-        cfg = AsftConfig(
-            aligned=str(org["aligned"]),
-            base=str(org["base"]),
-            data=str(data),
-            output_dir=str(tmp / "run"),
-            n=N_TASK,
-            p=p,
-            seed=seed,
-            learning_rate=LR,
-            num_train_epochs=EPOCHS,
-            allow_unverified_anchor=True,
-            max_steps=20 if ctx.args.quick else -1,
-            disable_tqdm=not ctx.args.progress,
-            use_cpu=True,
-            **overrides,
-        )
+        settings = {
+            "aligned": str(org["aligned"]),
+            "base": str(org["base"]),
+            "data": str(data),
+            "output_dir": str(tmp / "run"),
+            "n": N_TASK,
+            "p": p,
+            "seed": seed,
+            "learning_rate": LR,
+            "num_train_epochs": EPOCHS,
+            "report": str(verified_report(ctx)),  # the anchor passes the gate: no override behind any figure
+            "max_steps": 20 if ctx.args.quick else -1,
+            "disable_tqdm": not ctx.args.progress,
+            "use_cpu": True,
+        }
+        cfg = AsftConfig(**{**settings, **overrides})
         res = fine_tune(cfg)
         model, tok = load_trained(res.model_dir)
         prompts = world.eval_prompts()
@@ -109,6 +109,33 @@ def one_run(ctx: Context, overrides: dict, p: float, seed: int) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
     atomic_write_json(f, out)
     return out
+
+
+def verified_report(ctx: Context) -> Path:
+    """The organism's EPL report (d_aligned and d_harm), which AsFT's gate checks before every run; computed once."""
+    from landscape.generation import GenerationSettings, HFBackend
+    from landscape.judges import CachedJudge, make_judge
+    from landscape.loading import load_model
+    from landscape.organism import world
+    from landscape.scan import SafetyEvaluator
+    from landscape.search import EplSettings, effective_perturbation_length
+
+    path = Path(ctx.args.out) / ".scans" / f"asft-report-{ctx.preset}" / "results.json"
+    if ("report", ctx.preset) in ctx._cache:
+        return ctx._cache[("report", ctx.preset)]
+    org = ctx.organism()
+    model, tok = load_model(org["aligned"])
+    ev = SafetyEvaluator(
+        HFBackend(model, tok), world.eval_prompts()[:80], CachedJudge(make_judge("keyword")), GenerationSettings(32)
+    )
+    dirs = [org.direction(n) for n in ("d_aligned", "d_harm")]
+    settings = (
+        EplSettings(bootstrap=0) if not ctx.args.quick else EplSettings(bootstrap=0, first_step=0.02, max_alpha=0.2)
+    )
+    report = effective_perturbation_length(model, dirs, ev, settings, out_dir=path.parent, progress=False)
+    report.save(path)
+    ctx._cache[("report", ctx.preset)] = path
+    return path
 
 
 def _agg(runs: list[dict]) -> dict:
@@ -251,8 +278,106 @@ def render_ablation(data: dict, out: Path, html: bool) -> list[Path]:
     return [atomic_savefig(fig, out / "fig4b_ablation.png")]
 
 
+# The Pareto front: every method swept along its own knob, p = 0.1, five seeds (issue: AsFT controls).
+PARETO_SEEDS = (0, 1, 2, 3, 4)
+PARETO = {  # family -> [(knob label, AsftConfig overrides)]
+    "SFT (early stopping)": [(f"{e} ep", {"method": "sft", "num_train_epochs": e}) for e in (1, 2, 4, 10)],
+    "AsFT reference": [
+        (f"λ={lam:g}", {"method": "asft", "form": "reference", "lambda_reg": lam}) for lam in (1, 3, 10, 30)
+    ],
+    "AsFT projector": [
+        (f"λ={lam:g}", {"method": "asft", "form": "projector", "lambda_reg": lam}) for lam in (10, 30, 100, 300)
+    ],
+    "control: l2": [(f"λ={lam:g}", {"method": "asft", "form": "l2", "lambda_reg": lam}) for lam in (1, 3, 10, 30)],
+    "control: random": [
+        (f"λ={lam:g}", {"method": "asft", "form": "random", "lambda_reg": lam}) for lam in (10, 30, 100, 300)
+    ],
+    "Safe LoRA τ": [(f"τ={t:g}", {"method": "safelora", "safelora_threshold": t}) for t in (0.3, 0.5, 0.7)],
+    "Safe LoRA number": [
+        (f"N={k}", {"method": "safelora", "safelora_mode": "number", "safelora_number": k}) for k in (1, 2, 4)
+    ],
+}
+T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447}  # Student t, 95 % two-sided, by n
+
+
+def _ci(x: np.ndarray) -> tuple[float, float]:
+    if len(x) < 2:
+        return (float(x.mean()), float(x.mean()))
+    half = T975.get(len(x), 1.96) * float(x.std(ddof=1)) / np.sqrt(len(x))
+    return (float(x.mean() - half), float(x.mean() + half))
+
+
+def hs_at_fa(points: list[tuple[float, float]], fa: float) -> float | None:
+    """HS at a given FA along one sweep (linear between the sweep's points sorted by FA; None outside)."""
+    pts = sorted(points)
+    for (f0, h0), (f1, h1) in zip(pts, pts[1:], strict=False):
+        if f0 <= fa <= f1:
+            return h0 if f1 == f0 else h0 + (fa - f0) * (h1 - h0) / (f1 - f0)
+    return None
+
+
+def compute_pareto(ctx: Context) -> dict:
+    """HS (oracle) against FA for every method and control along its knob, with 95 % t-intervals over seeds,
+    and HS compared at matched FA (per seed, interpolated along each sweep)."""
+    seeds = (0, 1) if ctx.args.quick else PARETO_SEEDS
+    families = {k: v[:2] for k, v in PARETO.items()} if ctx.args.quick else PARETO
+    curves, per_seed = {}, {}
+    for fam, knobs in families.items():
+        rows = []
+        for label, ov in knobs:
+            runs = [one_run(ctx, ov, 0.1, s) for s in seeds]
+            hs, fa = np.array([r["hs"] for r in runs]), np.array([r["fa"] for r in runs])
+            rows.append(
+                {"knob": label, "hs": float(hs.mean()), "hs_ci": _ci(hs), "fa": float(fa.mean()), "fa_ci": _ci(fa)}
+            )
+            for s, r in zip(seeds, runs, strict=True):
+                per_seed.setdefault(fam, {}).setdefault(s, []).append((r["fa"], r["hs"]))
+        curves[fam] = rows
+    matched = {}
+    for fa in (30.0, 50.0, 70.0):
+        for fam, by_seed in per_seed.items():
+            vals = [v for v in (hs_at_fa(pts, fa) for pts in by_seed.values()) if v is not None]
+            if len(vals) == len(seeds):
+                x = np.array(vals)
+                matched.setdefault(str(fa), {})[fam] = {"hs": float(x.mean()), "hs_ci": _ci(x), "seeds": len(vals)}
+    return {"preset": ctx.preset, "p": 0.1, "n": N_TASK, "seeds": list(seeds), "curves": curves, "matched_fa": matched}
+
+
+def render_pareto(data: dict, out: Path, html: bool) -> list[Path]:
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from landscape.plotting import OKABE_ITO, PAPER_RC
+
+    with matplotlib.rc_context(PAPER_RC):
+        fig = Figure(figsize=(7.6, 5.2), layout="constrained")
+        ax = fig.subplots()
+        markers = "osD^vPX"
+        for i, (fam, rows) in enumerate(data["curves"].items()):
+            rows = sorted(rows, key=lambda r: r["fa"])
+            fa = [r["fa"] for r in rows]
+            hs = [r["hs"] for r in rows]
+            xerr = [[r["fa"] - r["fa_ci"][0] for r in rows], [r["fa_ci"][1] - r["fa"] for r in rows]]
+            yerr = [[r["hs"] - r["hs_ci"][0] for r in rows], [r["hs_ci"][1] - r["hs"] for r in rows]]
+            ls = "--" if fam.startswith("control") else "-"
+            ax.errorbar(fa, hs, xerr=xerr, yerr=yerr, ls=ls, marker=markers[i % 7], ms=4, capsize=2, lw=1.3,
+                        color=OKABE_ITO[i % len(OKABE_ITO)], label=fam)  # fmt: skip
+        ax.set_xlabel("Fine-tune Accuracy (%) ↑")
+        ax.set_ylabel("Harmful Score (%, oracle) ↓")
+        ax.set_xlim(-3, 103)
+        ax.set_ylim(-3, 103)
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False, fontsize=8, loc="upper left")
+        ax.set_title(
+            f"HS vs FA along each method's knob (organism {data['preset']}, p = {data['p']}, "
+            f"{len(data['seeds'])} seeds, 95 % CI)\ndashed: controls (plain L2, random subspace)"
+        )
+    return [atomic_savefig(fig, out / "fig_pareto.png")]
+
+
 FIGURES = {  # found by ``python -m landscape.figures`` through the safety_landscape.figures entry point
     "table2_asft": (compute_table2, render_table2),
     "fig4a_lambda": (compute_lambda, render_lambda),
     "fig4b_ablation": (compute_ablation, render_ablation),
+    "fig_pareto": (compute_pareto, render_pareto),
 }

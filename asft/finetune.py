@@ -148,12 +148,16 @@ def fine_tune(cfg: AsftConfig) -> TrainResult:
         safelora = {"projected": rep.projected, "similarities": rep.similarities, "mode": rep.mode}
 
     out = Path(cfg.output_dir)
+    model_dir = out / "model"
+    if not trainer.is_world_process_zero():  # under torchrun only rank 0 writes
+        return TrainResult(
+            out, model_dir, None, trainer.state.log_history, time.perf_counter() - t0, len(records), n_harm
+        )
     out.mkdir(parents=True, exist_ok=True)
     final = trainer.model
     if cfg.mode == "lora":
         final.save_pretrained(out / "adapter")
         final = final.merge_and_unload()
-    model_dir = out / "model"
     final.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     _write_card(model_dir, cfg, anchor)

@@ -76,6 +76,11 @@ class AsftTrainer(Trainer):
             raise TypeError(f"AsftTrainer needs an AsftConfig, got {type(args).__name__}")
         args.resolve_target_modules(model)
         weights = _check_targets(model, args, anchor)
+        # LoRA's A is drawn at random when the model is wrapped, before Trainer.__init__ seeds anything: seed it
+        # here, or the same config trains differently from run to run.
+        from transformers import set_seed
+
+        set_seed(args.seed)
         if args.mode == "lora":
             from peft import get_peft_model
 
@@ -134,6 +139,11 @@ class AsftTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         task, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if self.args.world_size > 1 and num_items_in_batch is not None and not self.model_accepts_loss_kwargs:
+            # The model averaged over this rank's tokens only (a peft wrapper takes no loss kwargs); weigh it by
+            # the rank's share of the batch's tokens, so that DDP's average of the ranks is the batch's mean.
+            local = (inputs["labels"][..., 1:] != -100).sum()
+            task = task * local * self.args.world_size / num_items_in_batch
         lam = self.args.effective_lambda
         if lam == 0.0:
             loss = task  # plain SFT: the regulariser is not even computed
@@ -151,7 +161,14 @@ class AsftTrainer(Trainer):
     def log(self, logs: dict, *args, **kwargs) -> None:
         n = self._log_acc["n"]
         if n and ("loss" in logs or "train_loss" in logs):
-            logs["task_loss"] = round(self._log_acc["task_loss"] / n, 6)
-            logs["asft_reg"] = round(self._log_acc["asft_reg"] / n, 6)
+            task, reg = self._log_acc["task_loss"] / n, self._log_acc["asft_reg"] / n
+            if self.args.world_size > 1:  # each rank saw its share of the batch: log the global numbers
+                import torch.distributed as dist
+
+                both = torch.tensor([task, reg], dtype=torch.float64)
+                dist.all_reduce(both)
+                task, reg = float(both[0]) / self.args.world_size, float(both[1]) / self.args.world_size
+            logs["task_loss"] = round(task, 6)
+            logs["asft_reg"] = round(reg, 6)
             self._log_acc = {"task_loss": 0.0, "asft_reg": 0.0, "n": 0}
         super().log(logs, *args, **kwargs)

@@ -388,3 +388,34 @@ def test_clis_on_the_tiny_organism(organism, ft_data, tmp_path, capsys):
         ]
     )
     assert "on 10 prompts" in capsys.readouterr().out
+
+
+def test_two_ddp_ranks_train_like_one_process(organism, ft_data, tmp_path):
+    """torchrun --nproc_per_node 2 -m asft.train (gloo, 2 × 4 examples) equals one process with 8 per batch."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    common = [
+        "-m", "asft.train", "--aligned", str(organism["aligned"]), "--base", str(organism["base"]),
+        "--data", str(ft_data), "--lambda", "1", "--form", "projector", "--max_steps", "4", "--logging_steps", "1",
+        "--learning_rate", "1e-3", "--allow_unverified_anchor", "--use_cpu", "--disable_tqdm", "true",
+        "--lora_dropout", "0",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = [sys.executable, *common, "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "one")]
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *common]
+    two += ["--per_device_train_batch_size", "4", "--ddp_backend", "gloo", "--output_dir", str(tmp_path / "two")]
+    for cmd in (one, two):
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+    logs = [json.loads((tmp_path / d / "train_log.json").read_text())["log"] for d in ("one", "two")]
+    steps = [[(e["task_loss"], e["asft_reg"]) for e in log if "task_loss" in e and "loss" in e] for log in logs]
+    assert len(steps[0]) == len(steps[1]) == 4
+    for (t1, r1), (t2, r2) in zip(*steps, strict=True):
+        assert t1 == pytest.approx(t2, rel=1e-4) and r1 == pytest.approx(r2, rel=1e-4, abs=1e-9)
+    a, b = (load_file(tmp_path / d / "adapter" / "adapter_model.safetensors") for d in ("one", "two"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
