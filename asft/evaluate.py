@@ -1,4 +1,4 @@
-"""Harmful Score and Fine-tune Accuracy of a fine-tuned model (AsFT's two metrics).
+"""``python -m asft.evaluate``: Harmful Score and Fine-tune Accuracy of one model (the library is asft.scoring).
 
     python -m asft.evaluate --model runs/asft/model --harmful-prompts harmful_eval.json --task-test task_test.json
 

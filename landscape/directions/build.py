@@ -1,4 +1,4 @@
-"""Constructors: checkpoint differences (streamed), LoRA adapters, seeded random directions, interpolations."""
+"""Constructors: checkpoint differences (streamed), LoRA adapters, seeded random directions."""
 
 from __future__ import annotations
 
