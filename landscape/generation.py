@@ -242,10 +242,3 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings 
 
 
 BACKENDS = ("hf", "vllm")
-
-
-def check_backend(name: str) -> str:
-    """Validate a backend name: ``hf`` (this module) or ``vllm`` (:mod:`landscape.vllm_backend`, optional)."""
-    if name not in BACKENDS:
-        raise ValueError(f"Unknown backend {name!r}. Available: {', '.join(BACKENDS)}")
-    return name

@@ -87,10 +87,6 @@ class Organism:
         return self.data_dir / export.EVAL_CSV
 
 
-def stage_names(preset: Preset) -> list[str]:
-    return ["base", "aligned", *(f"harmful-{n}" for n in preset.harmful_counts), "benign"]
-
-
 def _stage_plan(preset: Preset, seed: int) -> dict[str, tuple[str | None, list[world.Example], int, float]]:
     """stage -> (parent stage, training examples, steps, learning rate)."""
     task = world.task_examples(preset.task_train, seed)
