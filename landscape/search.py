@@ -298,18 +298,13 @@ def _search_all(model, directions, evaluator, settings: EplSettings, store, pert
     finally:
         bar.close()
 
-    def records(name: str) -> list[dict]:
-        if store is not None:
-            return store.series(name)
-        return [r for (s, _), r in runner.memory.items() if s == name]
-
     rows = []
     for d, side in tasks:
         res = found[(d.name, side)]
         ci = None
         if settings.bootstrap and not res.censored:
             pts = [(0.0, _unsafe_vector(center))]
-            pts += [(r["coords"][0], _unsafe_vector(r)) for r in records(d.name) if r["coords"][0] * side > 0]
+            pts += [(r["coords"][0], _unsafe_vector(r)) for r in runner.series(d.name) if r["coords"][0] * side > 0]
             ci = bootstrap_epl(
                 pts, settings.threshold, side, settings.relative, n_boot=settings.bootstrap, seed=settings.seed
             )
@@ -318,7 +313,7 @@ def _search_all(model, directions, evaluator, settings: EplSettings, store, pert
     curves, extra = {}, {}
     extra_metrics = [k for k in center["metrics"] if k.startswith("asr_") and k != "asr_ci"]
     for d in directions:
-        recs = [center] + records(d.name)
+        recs = [center] + runner.series(d.name)
         curves[d.name] = _curve(recs, "asr")
         for k in extra_metrics:
             extra.setdefault(k.removeprefix("asr_"), {})[d.name] = _curve(recs, k)

@@ -278,6 +278,12 @@ class PointRunner:
             return self.store.get(series, key)
         return self.memory.get((series, key))
 
+    def series(self, name: str) -> list[dict]:
+        """Every record of series ``name`` (stored, from any rank, or kept in memory)."""
+        if self.store is not None:
+            return self.store.series(name)
+        return [r for (s, _), r in self.memory.items() if s == name]
+
     def evaluate(self, pert, series: str, coords: Sequence[float]) -> dict:
         """The record at ``coords``: from the store, or computed at θ₀ + Σ cᵢ·dᵢ (``pert`` None: at θ₀)."""
         key = tuple(float(c) for c in coords)
@@ -408,7 +414,7 @@ def _scan(model, directions, pts, evaluator, store, series, progress, on_point, 
     if world_size > 1:
         barrier()
         store.reload()
-        done.update({p: store.get(series, p) for p in pts if store.get(series, p) is not None})
+        done.update({p: rec for p in pts if (rec := store.get(series, p)) is not None})
     records = [done[p] for p in pts if p in done]
     return ScanResult(series, [p for p in pts if p in done], records, runner.evaluated)
 
