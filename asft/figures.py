@@ -117,29 +117,21 @@ def one_run(ctx: Context, overrides: dict, p: float, seed: int) -> dict:
 
 def verified_report(ctx: Context) -> Path:
     """The organism's EPL report (d_aligned and d_harm), which AsFT's gate checks before every run; computed once."""
-    from landscape.generation import GenerationSettings, HFBackend
-    from landscape.judges import CachedJudge, make_judge
-    from landscape.loading import load_model
-    from landscape.organism import world
-    from landscape.scan import SafetyEvaluator
-    from landscape.search import EplSettings, effective_perturbation_length
+    from landscape.search import effective_perturbation_length
 
     path = Path(ctx.args.out) / ".scans" / f"asft-report-{ctx.preset}" / "results.json"
-    if ("report", ctx.preset) in ctx._cache:
-        return ctx._cache[("report", ctx.preset)]
-    org = ctx.organism()
-    model, tok = load_model(org["aligned"])
-    ev = SafetyEvaluator(
-        HFBackend(model, tok), world.eval_prompts()[:80], CachedJudge(make_judge("keyword")), GenerationSettings(32)
-    )
-    dirs = [org.direction(n) for n in ("d_aligned", "d_harm")]
-    settings = (
-        EplSettings(bootstrap=0) if not ctx.args.quick else EplSettings(bootstrap=0, first_step=0.02, max_alpha=0.2)
-    )
-    report = effective_perturbation_length(model, dirs, ev, settings, out_dir=path.parent, progress=False)
-    report.save(path)
-    ctx._cache[("report", ctx.preset)] = path
-    return path
+    if ("report", ctx.preset) not in ctx._cache:
+        report = effective_perturbation_length(
+            ctx.model()[0],
+            [ctx.direction(n) for n in ("d_aligned", "d_harm")],
+            ctx.evaluator(),
+            ctx.epl_settings(bootstrap=0),
+            out_dir=path.parent,
+            progress=False,
+        )
+        report.save(path)
+        ctx._cache[("report", ctx.preset)] = path
+    return ctx._cache[("report", ctx.preset)]
 
 
 def _agg(runs: list[dict]) -> dict:

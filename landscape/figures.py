@@ -71,27 +71,32 @@ class Context:
             )
         return self._cache[("org", p)]
 
-    def model(self):
+    def model(self, preset: str | None = None):
+        """``(model, tokenizer)`` of the preset's aligned stage, loaded once."""
         from .loading import load_model
 
-        if "model" not in self._cache:
-            self._cache["model"] = load_model(self.organism()["aligned"])
-        return self._cache["model"]
+        p = preset or self.preset
+        if ("model", p) not in self._cache:
+            self._cache[("model", p)] = load_model(self.organism(p)["aligned"])
+        return self._cache[("model", p)]
 
-    def direction(self, name: str):
-        if ("dir", name) not in self._cache:
-            self._cache[("dir", name)] = self.organism().direction(name)
-        return self._cache[("dir", name)]
+    def direction(self, name: str, preset: str | None = None):
+        p = preset or self.preset
+        if ("dir", name, p) not in self._cache:
+            self._cache[("dir", name, p)] = self.organism(p).direction(name)
+        return self._cache[("dir", name, p)]
 
-    def evaluator(self):
+    def evaluator(self, preset: str | None = None):
+        """Every figure's measurement: the first 80 held-out prompts, 32 greedy tokens, keyword judge + oracle."""
         from .generation import GenerationSettings, HFBackend
         from .judges import CachedJudge, make_judge
         from .organism import world
         from .scan import SafetyEvaluator
 
-        if "eval" not in self._cache:
-            model, tok = self.model()
-            self._cache["eval"] = SafetyEvaluator(
+        p = preset or self.preset
+        if ("eval", p) not in self._cache:
+            model, tok = self.model(p)
+            self._cache[("eval", p)] = SafetyEvaluator(
                 HFBackend(model, tok),
                 world.eval_prompts()[:80],
                 CachedJudge(make_judge("keyword")),
@@ -99,7 +104,16 @@ class Context:
                 extra_judges=[make_judge("oracle")],
                 keep_responses=False,
             )
-        return self._cache["eval"]
+        return self._cache[("eval", p)]
+
+    def epl_settings(self, bootstrap: int):
+        """The EPL search of the figures; quick (tests) walks coarser to a nearer bound (10 points a censored
+        side instead of 50)."""
+        from .search import EplSettings
+
+        if self.args.quick:
+            return EplSettings(bootstrap=bootstrap, first_step=0.02, max_alpha=0.2, seed=self.args.seed)
+        return EplSettings(bootstrap=bootstrap, seed=self.args.seed)
 
     def scan_dir(self, name: str) -> Path:
         return Path(self.args.out) / ".scans" / f"{name}-{self.preset}"
@@ -215,34 +229,16 @@ def compute_table1(ctx: Context) -> dict:
 
 def compute_table7(ctx: Context) -> dict:
     """EPL along d_aligned, d_harm and two random directions, both sides, on each organism preset."""
-    from .generation import GenerationSettings, HFBackend
-    from .judges import CachedJudge, make_judge
-    from .loading import load_model
-    from .organism import world
-    from .scan import SafetyEvaluator
     from .search import EplSettings, effective_perturbation_length
 
     presets = ("tiny",) if ctx.args.quick else tuple(ctx.args.table7_presets)
     out = {}
     for p in presets:
-        org = ctx.organism(p)
-        model, tok = load_model(org["aligned"])
-        evaluator = SafetyEvaluator(
-            HFBackend(model, tok),
-            world.eval_prompts()[:80],
-            CachedJudge(make_judge("keyword")),
-            GenerationSettings(max_new_tokens=32),
-            extra_judges=[make_judge("oracle")],
-        )
-        dirs = [org.direction(n) for n in ("d_aligned", "d_harm", "random-0", "random-1")]
         report = effective_perturbation_length(
-            model,
-            dirs,
-            evaluator,
-            # quick (tests): a coarser walk to a nearer bound, so censored sides cost 10 points instead of 50
-            EplSettings(bootstrap=200, first_step=0.02, max_alpha=0.2, seed=ctx.args.seed)
-            if ctx.args.quick
-            else EplSettings(bootstrap=1000, seed=ctx.args.seed),
+            ctx.model(p)[0],
+            [ctx.direction(n, p) for n in ("d_aligned", "d_harm", "random-0", "random-1")],
+            ctx.evaluator(p),
+            ctx.epl_settings(bootstrap=200 if ctx.args.quick else 1000),
             out_dir=Path(ctx.args.out) / ".scans" / f"epl-{p}",
             progress=ctx.args.progress,
         )
