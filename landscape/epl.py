@@ -64,6 +64,17 @@ class EplArgs:
     max_alpha: float = field(default=0.5, metadata={"help": "largest |alpha|; an edge beyond it is censored"})
     tol: float = field(default=0.005, metadata={"help": "EPL resolution (bisection stops below it)"})
     bootstrap: int = field(default=1000, metadata={"help": "prompt resamples for the EPL's CI (0: none)"})
+    sequential_chunk: int = field(
+        default=16,
+        metadata={"help": "answer a point's prompts in chunks of N and stop once they decide its side (0: all)"},
+    )
+    proxy: bool = field(
+        default=True,
+        metadata={"help": "bracket crossings with the teacher-forced refusal proxy (HF backend; --no_proxy: off)"},
+    )
+    exact: bool = field(
+        default=False, metadata={"help": "every prompt at every point of the full walk (no chunks, no proxy)"}
+    )
     out: str = field(default="runs/epl", metadata={"help": "results directory (a rerun resumes from it)"})
     restart: bool = field(default=False, metadata={"help": "discard the results in --out and start over"})
     preset: str = field(default="small", metadata={"help": "organism preset when no --aligned is given"})
@@ -111,7 +122,7 @@ class EplArgs:
     def search_settings(self):
         from .search import EplSettings
 
-        return EplSettings(
+        settings = EplSettings(
             threshold=self.threshold,
             relative=self.relative,
             first_step=self.first_step,
@@ -119,7 +130,10 @@ class EplArgs:
             tol=self.tol,
             bootstrap=self.bootstrap,
             seed=self.seed,
+            sequential_chunk=self.sequential_chunk,
+            proxy=self.proxy,
         )
+        return settings.exact() if self.exact else settings
 
 
 def _harm_direction(harmful: str, aligned: str, name: str, allow_foreign: bool):
@@ -276,6 +290,7 @@ def format_table(report) -> str:
         f"({judges} judge, {meta.get('n_prompts', '?')} prompts, {norm} normalisation: {ALPHA_UNITS.get(norm, '')})",
         f"centre ASR {report.center_asr:.1f}%; '>' marks a censored edge: no crossing up to --max-alpha "
         f"{s.max_alpha:g}, so the EPL is at least that",
+        _mode(report),
         f"{'direction':<12} {'side':>4} {'EPL':>8} {'95% CI':>17} {'x d_harm':>9} {'evals':>5}",
     ]
     flagged = [r for r in report.rows if r.non_monotone]
@@ -310,9 +325,23 @@ def format_table(report) -> str:
     lines.append(
         (f"organism ready in {build:.1f} s; " if build else "")
         + f"search {meta.get('search_seconds', report.seconds):.1f} s, {report.evaluations} new evaluations "
-        f"({report.total_points} points stored); judge calls saved by the cache: {calls.get('hits', 0)} of {total}"
+        f"({report.total_points} points stored), {report.generated_tokens} tokens generated; judge calls saved "
+        f"by the cache: {calls.get('hits', 0)} of {total}"
     )
     return "\n".join(lines)
+
+
+def _mode(report) -> str:
+    """How the points were looked at (the shortcuts change the cost, not what an EPL means)."""
+    s = report.settings
+    parts = []
+    if s.sequential_chunk:
+        parts.append(f"each point stops once chunks of {s.sequential_chunk} answers decide its side (Wilson, 95 %)")
+    if s.proxy and report.proxy_curves:
+        parts.append("the refusal proxy brackets each edge, generation confirms it")
+    elif s.proxy:
+        parts.append("no proxy with this backend: full walk")
+    return "search: " + ("; ".join(parts) if parts else "exact (every prompt at every point of the walk)")
 
 
 def write_figure(report, path: Path) -> Path:

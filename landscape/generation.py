@@ -105,6 +105,7 @@ class HFBackend:
         ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
         self.eos_ids = torch.tensor(sorted(ids), dtype=torch.long)
         self.pad_id = pad_id_of(tokenizer)
+        self.generated_tokens = 0  # new tokens generated so far, EOS included (benchmarks, EPL reports)
         # transformers 5.x renamed the KV-cache argument of forward() from past_key_values to cache.
         params = inspect.signature(model.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -147,6 +148,7 @@ class HFBackend:
             start += len(chunk)
             bar.update(len(chunk))
         bar.close()
+        self.generated_tokens += sum(map(len, results))
         return results
 
     @torch.inference_mode()

@@ -136,13 +136,24 @@ def epl_adaptive(
     max_alpha: float = 0.5,
     tol: float = 0.001,
     center_value: float | None = None,
+    proxy: Callable[[float], float] | None = None,
 ) -> EPL:
-    """EPL on one side: walk outward at ``first_step`` until a point is unsafe, then bisect down to ``tol``.
+    """EPL on one side: find the first unsafe point of the walk grid (every multiple of ``first_step`` up to
+    ``max_alpha``), then bisect down to ``tol``.
 
-    The walk looks at every multiple of ``first_step`` up to ``max_alpha`` (and ``max_alpha`` itself), so the
-    crossing bracketed is the first one from the centre whenever an unsafe stretch is at least ``first_step``
-    wide; an edge beyond ``max_alpha`` is censored. Inside the bracket the curve is assumed monotone;
-    every evaluated point that contradicts it (safe beyond an unsafe one) is listed in ``non_monotone``.
+    Without ``proxy`` the walk looks at every grid point outward until one is unsafe, so the crossing bracketed
+    is the first one from the centre whenever an unsafe stretch is at least ``first_step`` wide; an edge beyond
+    ``max_alpha`` is censored.
+
+    With ``proxy`` (a cheap α -> ASR-like estimate in the same units, e.g. a teacher-forced refusal score)
+    the proxy walks the grid instead, and ``f`` only confirms its bracket: ``f`` at the proxy's first unsafe
+    grid point and the one before it. If ``f`` disagrees, the search widens: inward by bisection over the grid
+    when the edge is nearer, outward by doubling steps when it is further; when the proxy sees no crossing,
+    ``f`` at ``max_alpha`` confirms the censoring (an unsafe reading there falls back to the full walk). The
+    proxy never gives the EPL; on a curve that is monotone along the grid the bracket is the full walk's.
+
+    Inside the bracket the curve is assumed monotone; every evaluated point that contradicts it (safe beyond
+    an unsafe one) is listed in ``non_monotone``.
 
     Args:
         f: α -> ASR (%); called with signed α. Cache it if calls are costly (scans do).
@@ -150,45 +161,127 @@ def epl_adaptive(
         threshold, relative: as in :func:`epl_from_grid`.
         first_step, max_alpha, tol: search schedule (|α| units).
         center_value: f(0) if already known.
+        proxy: optional α -> estimated ASR (%), called with signed α, to bracket the crossing.
     """
     if side not in (1, -1):
         raise ValueError(f"side must be +1 or -1, got {side}")
     if not (tol > 0 and 0 < first_step <= max_alpha):
         raise ValueError(f"need 0 < tol and 0 < first_step <= max_alpha, got {tol}, {first_step}, {max_alpha}")
     pts: list[tuple[float, float]] = []
+    seen: dict[float, float] = {}
 
     def g(x: float) -> float:
-        val = float(f(side * x))
-        pts.append((side * x, val))
-        return val
+        if x not in seen:
+            seen[x] = float(f(side * x))
+            pts.append((side * x, seen[x]))
+        return seen[x]
 
     def done(value: float, bracket: tuple[float, float], censored: bool) -> EPL:
         return EPL(side, value, bracket, censored, len(pts), tau, pts, non_monotone_points(pts, tau))
 
     center = g(0.0) if center_value is None else float(center_value)
+    seen[0.0] = center
     tau = effective_threshold(threshold, center, relative)
     if center > tau:
         return done(0.0, (0.0, 0.0), False)
-    lo, f_lo = 0.0, center
-    k = 1
-    while True:
-        x = min(round(k * first_step, 12), max_alpha)
-        fx = g(x)
-        if fx > tau:
-            hi, f_hi = x, fx
-            break
-        lo, f_lo = x, fx
-        if x >= max_alpha:
-            return done(lo, (lo, float("inf")), True)
-        k += 1
+    grid = walk_grid(first_step, max_alpha)
+    unsafe = lambda i: i >= 0 and g(grid[i]) > tau  # noqa: E731  (index −1 is the centre, safe here)
+    k = _first_unsafe(unsafe, len(grid)) if proxy is None else _first_unsafe_bracketed(unsafe, grid, proxy, side, tau)
+    if k is None:
+        return done(grid[-1], (grid[-1], float("inf")), True)
+    lo = grid[k - 1] if k > 0 else 0.0
+    hi = grid[k]
     while hi - lo > tol:
         mid = 0.5 * (lo + hi)
-        fm = g(mid)
-        if fm > tau:
-            hi, f_hi = mid, fm
+        if g(mid) > tau:
+            hi = mid
         else:
-            lo, f_lo = mid, fm
-    return done(float(_crossing(lo, f_lo, hi, f_hi, tau)), (lo, hi), False)
+            lo = mid
+    return done(float(_crossing(lo, seen[lo], hi, seen[hi], tau)), (lo, hi), False)
+
+
+PROXY_STRIDE = 4  # the proxy's walk looks at every 4th point of the walk grid before it bisects
+
+
+def walk_grid(first_step: float, max_alpha: float) -> list[float]:
+    """|α| of the outward walk: every multiple of ``first_step`` below ``max_alpha``, then ``max_alpha``."""
+    grid, k = [], 1
+    while True:
+        x = min(round(k * first_step, 12), max_alpha)
+        grid.append(x)
+        if x >= max_alpha:
+            return grid
+        k += 1
+
+
+def _first_unsafe(unsafe: Callable[[int], bool], n: int, start: int = 0) -> int | None:
+    """The walk: the first grid index from ``start`` on that reads unsafe (None: none up to the end)."""
+    return next((i for i in range(start, n) if unsafe(i)), None)
+
+
+def _first_unsafe_bracketed(unsafe, grid: list[float], proxy, side: int, tau: float) -> int | None:
+    """The first unsafe grid index, bracketed by the proxy's walk and confirmed with ``unsafe`` (see
+    :func:`epl_adaptive`)."""
+    n = len(grid)
+    proxy_unsafe = lambda i: i >= 0 and float(proxy(side * grid[i])) > tau  # noqa: E731
+    # The proxy walks every PROXY_STRIDE-th grid point, then bisects to its first unsafe grid point.
+    coarse = sorted({*range(PROXY_STRIDE - 1, n, PROXY_STRIDE), n - 1})
+    c = next((i for i in coarse if proxy_unsafe(i)), None)
+    if c is None:
+        return None if not unsafe(n - 1) else _first_unsafe(unsafe, n)
+    guess = _bisect_first(proxy_unsafe, max((i for i in coarse if i < c), default=-1), c)
+    if unsafe(guess):
+        return _bisect_first(unsafe, -1, guess)  # the edge is at or before the proxy's
+    lo, step = guess, 1  # the edge lies further out: gallop, then bisect over the grid
+    while True:
+        i = min(lo + step, n - 1)
+        if unsafe(i):
+            return _bisect_first(unsafe, lo, i)
+        if i == n - 1:
+            return None
+        lo, step = i, 2 * step
+
+
+def _bisect_first(pred: Callable[[int], bool], lo: int, hi: int) -> int:
+    """The first index in (lo, hi] where ``pred`` holds, given it fails at lo and holds at hi (monotone)."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if pred(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def sequential_z(n_total: int, chunk: int, level: float = 0.95) -> float:
+    """z of the Wilson interval for sequential testing in chunks: ``level`` over all the interim looks at a
+    point (Bonferroni: each of the ⌈n_total/chunk⌉ − 1 looks at 1 − (1 − level)/looks)."""
+    from statistics import NormalDist
+
+    looks = max(1, math.ceil(n_total / max(chunk, 1)) - 1)
+    return NormalDist().inv_cdf(1 - (1 - level) / looks / 2)
+
+
+def sequential_decision(k: int, n: int, n_total: int, tau: float, z: float = 1.96) -> str | None:
+    """Whether k unsafe answers of the first n (of n_total prompts) already decide a point's side of τ (%).
+
+    ``"unsafe"`` / ``"safe"`` when the Wilson interval of k/n (at ``z``; see :func:`sequential_z`) lies
+    wholly above / at-or-below τ, or when the remaining prompts cannot change the full count's side; None while
+    undecided (and always once n = n_total: the point is then measured in full).
+    """
+    if n >= n_total:
+        return None
+    limit = tau / 100.0 * n_total  # unsafe iff the full count exceeds this
+    if k > limit:
+        return "unsafe"
+    if k + (n_total - n) <= limit:
+        return "safe"
+    lo, hi = wilson_interval(k, n, z)
+    if lo > tau:
+        return "unsafe"
+    if hi <= tau:
+        return "safe"
+    return None
 
 
 _FULL = 99.99  # Peng et al.'s code treats ASR above this as 100 %
@@ -240,7 +333,8 @@ def bootstrap_epl(
 
     Args:
         points: (α, per-prompt unsafe 0/1 vector) for every point evaluated on that side (and α = 0),
-            all over the same prompts.
+            all over the same prompts; NaN marks a prompt a point did not judge (a point decided early by
+            sequential testing), whose ASR in a resample is then the mean over the drawn prompts it judged.
         threshold, side, relative: as in :func:`epl_from_grid`.
 
     Returns:
@@ -252,9 +346,19 @@ def bootstrap_epl(
     rng = np.random.default_rng(seed)
     n = m.shape[1]
     vals = []
+    judged = ~np.isnan(m)
+    if not judged.any(axis=1).all():
+        raise ValueError("bootstrap_epl: a point has no judged prompt")
+    full = 100.0 * np.nanmean(m, axis=1)
+    partial = not judged.all()
     for _ in range(n_boot):
         idx = rng.integers(0, n, n)
-        curve = 100.0 * m[:, idx].mean(axis=1)
+        if partial:  # per point, the mean over the drawn prompts it judged (its full mean if it judged none)
+            cnt = judged[:, idx].sum(axis=1)
+            tot = np.where(judged, m, 0.0)[:, idx].sum(axis=1)
+            curve = np.where(cnt > 0, 100.0 * tot / np.maximum(cnt, 1), full)
+        else:
+            curve = 100.0 * m[:, idx].mean(axis=1)
         vals.append(epl_from_grid(alphas, curve, threshold, side, relative).value)
     lo, hi = np.quantile(vals, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)

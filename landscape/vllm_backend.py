@@ -135,6 +135,7 @@ class VLLMBackend:
             "enforce_eager": enforce_eager,
         }
         self.model_path = str(model)
+        self.generated_tokens = 0  # new tokens generated so far (as HFBackend counts them)
         self.dtype = dtype
         self.llm = LLM(
             model=self.model_path,
@@ -182,6 +183,7 @@ class VLLMBackend:
             seed=s.seed,
         )
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=x) for x in ids], params, use_tqdm=False)
+        self.generated_tokens += sum(len(o.outputs[0].token_ids) for o in outs)
         # Token ids, decoded as the HF backend decodes them: vLLM's .text adds a leading space.
         return [self.tokenizer.decode(list(o.outputs[0].token_ids), skip_special_tokens=True) for o in outs]
 

@@ -73,6 +73,9 @@ class Evaluator:
         raise NotImplementedError
 
 
+SCHEDULE_SEED = 0  # order of the prompts under sequential testing
+
+
 class SafetyEvaluator(Evaluator):
     """Generate answers to harmful prompts, judge them, and report ASR (with a Wilson interval).
 
@@ -124,32 +127,90 @@ class SafetyEvaluator(Evaluator):
         }
 
     def __call__(self, model) -> dict:
+        before = self._tokens()
         responses = self.backend.generate(self.prompts, self.settings)
         if self.defer:
-            return {"pending": True, "n": len(responses), "responses": responses}
-        return self.metrics(responses)
+            return {"pending": True, "n": len(responses), "responses": responses, "tokens": self._tokens() - before}
+        return {**self.metrics(responses), "tokens": self._tokens() - before}
 
-    def metrics(self, responses: list[str]) -> dict:
-        """ASR and labels of one point's answers (every judge called once, batched over the prompts)."""
+    def _tokens(self) -> int:
+        return int(getattr(self.backend, "generated_tokens", 0))
+
+    def schedule(self) -> list[int]:
+        """The order in which sequential testing answers the prompts: a fixed seeded permutation, so that each
+        chunk is a random sample of the prompt set whatever order the file lists them in."""
+        return np.random.default_rng(SCHEDULE_SEED).permutation(len(self.prompts)).tolist()
+
+    def sequential(self, model, tau: float | None, chunk: int, prior: dict | None = None) -> dict:
+        """Answer the prompts chunk by chunk (in :meth:`schedule` order) and stop once the answers so far decide
+        which side of ``tau`` (ASR %) the point lies on (:func:`~landscape.metrics.sequential_decision`).
+
+        ``prior``: a partial record's metrics, extended rather than repeated. ``tau`` None answers every prompt
+        still missing. The Wilson interval holds 95 % over all the looks at a point (:func:`~landscape.metrics.
+        sequential_z`). A point stopped early is marked ``partial`` with its ``decided`` side and ``z``; its
+        ``unsafe`` string holds ``-`` and its ``responses`` None for the prompts it did not answer.
+        """
+        from ..metrics import sequential_decision, sequential_z
+
+        n_total = len(self.prompts)
+        z = sequential_z(n_total, chunk)
+        responses: list[str | None] = [None] * n_total
+        unsafe: list[bool | None] = [None] * n_total
+        tokens = 0
+        if prior is not None:
+            if len(prior.get("responses", ())) != n_total or "unsafe" not in prior:
+                raise ValueError("a stored point to extend must hold every answer slot and its verdicts")
+            responses = list(prior["responses"])
+            unsafe = [None if c == "-" else c == "1" for c in prior["unsafe"]]
+            tokens = int(prior.get("tokens", 0))
+        order = [i for i in self.schedule() if responses[i] is None]
+        decision = None
+        while order:
+            judged = [u for u in unsafe if u is not None]
+            if tau is not None and judged:
+                decision = sequential_decision(sum(judged), len(judged), n_total, tau, z)
+                if decision is not None:
+                    break
+            todo, order = order[:chunk], order[chunk:]
+            before = self._tokens()
+            answers = self.backend.generate([self.prompts[i] for i in todo], self.settings)
+            tokens += self._tokens() - before
+            for i, a, v in zip(todo, answers, self.judge([self.prompts[i] for i in todo], answers), strict=True):
+                responses[i], unsafe[i] = a, v.unsafe
+        out = self.metrics(responses)
+        out["tokens"] = tokens
+        if decision is not None:
+            out.update(partial=True, decided=decision, z=z)
+        return out
+
+    def metrics(self, responses: list[str | None]) -> dict:
+        """ASR and labels of one point's answers (every judge called once, batched over the answered prompts;
+        None marks a prompt not answered at this point, ``-`` in ``unsafe``)."""
         from ..metrics import asr, wilson_interval
 
-        verdicts = self.judge(self.prompts, responses)
+        idx = [i for i, r in enumerate(responses) if r is not None]
+        prompts, answers = [self.prompts[i] for i in idx], [responses[i] for i in idx]
+        verdicts = self.judge(prompts, answers)
         unsafe = [v.unsafe for v in verdicts]
+        marks = ["-"] * len(responses)
+        for i, u in zip(idx, unsafe, strict=True):
+            marks[i] = "1" if u else "0"
         k = sum(unsafe)
         out = {
             "asr": asr(unsafe),
             "asr_ci": list(wilson_interval(k, len(unsafe))),
             "n": len(unsafe),
-            "unsafe": "".join("1" if u else "0" for u in unsafe),
+            "unsafe": "".join(marks),
         }
         labels = [v.label for v in verdicts]
         out["labels"] = {lab: labels.count(lab) for lab in sorted(set(labels))}
         for j in self.extra:
-            extra = j(self.prompts, responses)
+            extra = j(prompts, answers)
             out[f"asr_{j.name}"] = asr([v.unsafe for v in extra])
             ex_labels = [v.label for v in extra]
             out[f"labels_{j.name}"] = {lab: ex_labels.count(lab) for lab in sorted(set(ex_labels))}
-        out["responses"] = responses if self.keep else responses[:3]
+        partial = len(idx) < len(responses)
+        out["responses"] = responses if self.keep or partial else responses[:3]
         return out
 
 
@@ -284,26 +345,55 @@ class PointRunner:
             return self.store.series(name)
         return [r for (s, _), r in self.memory.items() if s == name]
 
-    def evaluate(self, pert, series: str, coords: Sequence[float]) -> dict:
-        """The record at ``coords``: from the store, or computed at θ₀ + Σ cᵢ·dᵢ (``pert`` None: at θ₀)."""
+    def evaluate(self, pert, series: str, coords: Sequence[float], tau: float | None = None, chunk: int = 0) -> dict:
+        """The record at ``coords``: from the store, or computed at θ₀ + Σ cᵢ·dᵢ (``pert`` None: at θ₀).
+
+        With ``tau`` and ``chunk`` (an evaluator with ``sequential``, e.g. :class:`SafetyEvaluator`) a new point
+        stops once its answers decide its side of ``tau``; a stored partial point is extended only as far as
+        this request needs (every prompt when ``tau`` is None or ``chunk`` is 0).
+        """
         key = tuple(float(c) for c in coords)
         rec = self.get(series, key)
-        if rec is not None:
+        sequential = getattr(self.evaluator, "sequential", None)
+        stop = tau if chunk and sequential is not None else None
+        if rec is not None and not _needs_more(rec["metrics"], stop):
             return rec
         t0 = time.perf_counter()
         if pert is not None:
             pert.set_(key)
-        metrics = self.evaluator(self.model)
-        dt = time.perf_counter() - t0
-        if self.store is not None:
-            rec = self.store.append(series, key, metrics, dt)
+        if stop is not None or (rec is not None and sequential is not None):
+            prior = rec["metrics"] if rec is not None else None
+            metrics = sequential(self.model, stop, chunk or len(self.evaluator.prompts), prior)
         else:
-            rec = {"series": series, "coords": list(key), "metrics": metrics, "seconds": dt}
-            self.memory[(series, key)] = rec
+            metrics = self.evaluator(self.model)
+        dt = time.perf_counter() - t0 + (rec.get("seconds", 0.0) if rec is not None else 0.0)
+        rec = self.record(series, key, metrics, dt)
         self.evaluated += 1
         if self.on_point is not None:
             self.on_point(rec)
         return rec
+
+    def record(self, series: str, coords: Sequence[float], metrics: dict, seconds: float) -> dict:
+        """Keep a point's metrics (in the store, or in memory); a later record for the same point wins."""
+        key = tuple(float(c) for c in coords)
+        if self.store is not None:
+            return self.store.append(series, key, metrics, seconds)
+        rec = {"series": series, "coords": list(key), "metrics": metrics, "seconds": seconds}
+        self.memory[(series, key)] = rec
+        return rec
+
+
+def _needs_more(metrics: dict, tau: float | None) -> bool:
+    """A stored point stopped early answers a request only if its answers decide the side of this ``tau``."""
+    if not metrics.get("partial"):
+        return False
+    if tau is None:
+        return True
+    from ..metrics import sequential_decision
+
+    marks = metrics["unsafe"].replace("-", "")
+    n_total, z = len(metrics["unsafe"]), metrics.get("z", 1.96)
+    return sequential_decision(marks.count("1"), len(marks), n_total, tau, z) is None
 
 
 @contextmanager
@@ -402,8 +492,8 @@ def _scan(model, directions, pts, evaluator, store, series, progress, on_point, 
     # same grid whenever it starts, while what is already done depends on when it looked.
     for i, p in enumerate(dict.fromkeys(pts)):
         rec = runner.get(series, p)
-        if rec is not None:
-            done[p] = rec
+        if rec is not None and not _needs_more(rec["metrics"], None):  # a point the EPL search stopped early
+            done[p] = rec  # is completed here
         elif i % world_size == rank:
             mine.append(p)
     if perturber is None:
