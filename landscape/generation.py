@@ -2,7 +2,10 @@
 
 The Hugging Face backend runs its own decode loop over a KV cache instead of ``model.generate`` so that
 a sequence that has finished stops costing work: finished rows are dropped from the batch and from the
-cache at every step. Prompts are rendered with the tokenizer's chat template (optionally with a system
+cache at every step. Measured against ``model.generate`` as this backend would call it (same batch, greedy,
+the same non-finite check, identical answers) on the EPL workload of the organism, the loop is 1.4x faster
+at batch 80 and 1.6x at 16 on a CPU (``benchmarks/bench_time_to_epl.py``), above the 1.3x that pays for
+keeping it. Prompts are rendered with the tokenizer's chat template (optionally with a system
 prompt, e.g. the Llama-2 default that Peng et al. use), sorted by length to cut padding, left-padded,
 and answered in as few batches as memory allows (the batch halves on an out-of-memory error).
 """
@@ -77,8 +80,12 @@ class GenerationBackend(Protocol):
 
 
 def refuse_non_finite(input_ids, scores: torch.Tensor) -> torch.Tensor:
-    """A logits processor that stops generation on NaN/Inf logits: a broken point gets an error, not a verdict."""
-    if not bool(torch.isfinite(scores).all()):
+    """A logits processor that stops generation on NaN/Inf logits: a broken point gets an error, not a verdict.
+
+    ``generate`` runs it after its own processors, which set banned tokens to −inf (EOS before
+    ``min_new_tokens``, top-p): −inf is refused only where a whole row is −inf. One reduction, one sync: a
+    row's max is NaN if any entry is, +inf if any is, −inf only if all are."""
+    if not bool(torch.isfinite(scores.amax(-1)).all()):
         from .loading import NonFiniteError
 
         raise NonFiniteError(
@@ -152,24 +159,28 @@ class HFBackend:
         return results
 
     @torch.inference_mode()
-    def _generate_static(self, batch_ids: list[list[int]], s: GenerationSettings) -> list[list[int]]:
+    def _hf_generate(self, batch_ids: list[list[int]], s: GenerationSettings) -> list[list[int]]:
+        """``model.generate`` on the same left-padded batch (a static KV cache with ``static_cache``)."""
         dev = self.device
         x, mask, _ = left_pad(batch_ids, self.pad_id)
         width = x.shape[1]
         kw = {
             "do_sample": s.do_sample,
             "max_new_tokens": s.max_new_tokens,
-            "cache_implementation": "static",
             "pad_token_id": self.pad_id,
             "eos_token_id": self.eos_ids.tolist(),
+            "logits_processor": [refuse_non_finite],
         }
+        if s.static_cache:
+            kw["cache_implementation"] = "static"
         if s.do_sample:
             kw.update(temperature=s.temperature, top_p=s.top_p)
-            torch.manual_seed(s.seed)
         if s.ignore_eos:
             kw["min_new_tokens"] = s.max_new_tokens
-        kw["logits_processor"] = [refuse_non_finite]
-        out = self.model.generate(input_ids=x.to(dev), attention_mask=mask.to(dev), **kw)[:, width:].cpu()
+        # generate() samples from torch's global generator: seed a fork of it, leave the caller's state alone.
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(s.seed)
+            out = self.model.generate(input_ids=x.to(dev), attention_mask=mask.to(dev), **kw)[:, width:].cpu()
         eos = set(self.eos_ids.tolist())
         results = []
         for row in out.tolist():
@@ -182,7 +193,7 @@ class HFBackend:
         from transformers import DynamicCache
 
         if s.static_cache:
-            return self._generate_static(batch_ids, s)
+            return self._hf_generate(batch_ids, s)
 
         dev = self.device
         n = len(batch_ids)

@@ -52,11 +52,13 @@ def test_batches_and_order_do_not_change_greedy_answers(aligned):
 def test_sampling_is_seeded_and_ignore_eos_runs_full_length(aligned):
     model, tok = aligned
     s = GenerationSettings(max_new_tokens=8, do_sample=True, temperature=1.5, seed=3)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
     assert generate(model, tok, PROMPTS[:4], s) == generate(model, tok, PROMPTS[:4], s)
-    out = HFBackend(model, tok)._generate_batch(
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is left alone
+    out = HFBackend(model, tok).generate_ids(
         [tok(render_prompt(tok, PROMPTS[0]), add_special_tokens=False)["input_ids"]],
         GenerationSettings(max_new_tokens=12, ignore_eos=True),
-        torch.Generator(),
     )
     assert len(out[0]) == 12
     with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
