@@ -43,7 +43,10 @@ class EplArgs:
     )
     limit: int | None = field(default=80, metadata={"help": "use the first N prompts (Peng et al.: 80)"})
     judge: str = field(default="keyword", metadata={"help": "who decides an answer is unsafe", "choices": JUDGE_NAMES})
-    judge_path: str | None = field(default=None, metadata={"help": "local model directory of a guard / classifier"})
+    judge_path: str | None = field(
+        default=None,
+        metadata={"help": "local model directory of a guard / classifier (organism: its own trained judges)"},
+    )
     backend: str = field(
         default="hf", metadata={"help": "generation backend (vllm: optional extra)", "choices": BACKEND_NAMES}
     )
@@ -104,7 +107,7 @@ class EplArgs:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"Unknown {name} {getattr(self, name)!r}. Available: {', '.join(allowed)}")
-        if self.judge in ("guard", "classifier") and not self.judge_path:
+        if self.judge in ("guard", "classifier") and not self.judge_path and self.aligned is not None:
             raise ValueError(f"judge {self.judge!r} needs --judge-path (a local model directory)")
         if self.aligned is None and (self.base or self.harmful):
             raise ValueError("--base/--harmful need --aligned (or give none of them to use the model organism)")
@@ -176,7 +179,8 @@ def run(args: EplArgs):
         check_model_dir(aligned)
         prompts_path = args.prompts
     prompts = load_prompts(prompts_path, limit=args.limit)
-    jkw = {"path": args.judge_path, "device": args.device} if args.judge in ("guard", "classifier") else {}
+    judge_path = args.judge_path or (str(org.judges[args.judge]) if on_organism and args.judge in org.judges else None)
+    jkw = {"path": judge_path, "device": args.device} if args.judge in ("guard", "classifier") else {}
     judge = CachedJudge(make_judge(args.judge, **jkw))
 
     raw = []

@@ -351,7 +351,29 @@ def render_table7(data: dict, out: Path, html: bool) -> list[Path]:
     return [atomic_savefig(fig, out / "table7_epl.png")]
 
 
+def compute_judge_agreement(ctx: Context) -> dict:
+    """Keyword, guard and classifier judges against the oracle on held-out answers from across a scan."""
+    from .judges import ClassifierJudge, GuardJudge, make_judge
+    from .organism.judge_models import HELD_OUT_POINTS, agreement
+
+    org = ctx.organism()
+    judges = {
+        "keyword": make_judge("keyword"),
+        "guard": GuardJudge(org.judges["guard"]),
+        "classifier": ClassifierJudge(org.judges["classifier"]),
+    }
+    return {"preset": ctx.preset, "points": [list(p) for p in HELD_OUT_POINTS], **agreement(org, judges)}
+
+
+def render_judge_agreement(data: dict, out: Path, html: bool) -> list[Path]:
+    from .plotting import plot_judge_agreement
+
+    fig = plot_judge_agreement(data, title=f"Judges against the oracle (organism {data['preset']}, held-out answers)")
+    return [atomic_savefig(fig, out / "judge_agreement.png")]
+
+
 FIGURES: dict[str, tuple[Callable[[Context], dict], Callable[[dict, Path, bool], list[Path]]]] = {
+    "judge_agreement": (compute_judge_agreement, render_judge_agreement),
     "fig1a_random_1d": (compute_random_1d, render_random_1d),
     "fig1a_random_2d": (compute_random_2d, render_random_2d),
     "fig1b_narrow_basin": (compute_narrow_basin, render_narrow_basin),

@@ -148,6 +148,29 @@ def _model_key(name: str, path: Path) -> str:
     return f"{name}:{path}:{h.hexdigest()[:16]}"
 
 
+def guard_encode(tokenizer, prompt: str, response: str) -> list[int]:
+    """A guard's input ids for one (prompt, response): its chat template around the two turns, with the judged
+    text tokenised as plain text and the template's own markers in it neutralised (training a guard uses it
+    too, so a trained guard sees exactly what it will judge)."""
+    marks = ("\x00PROMPT\x00", "\x00RESPONSE\x00")
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": marks[0]}, {"role": "assistant", "content": marks[1]}],
+        tokenize=False,
+    )
+    head, rest = text.split(marks[0], 1)
+    mid, tail = rest.split(marks[1], 1)
+    markers = template_markers(head, mid, tail)
+    prompt, response = neutralise(prompt, markers), neutralise(response, markers)
+
+    def plain(s: str) -> list[int]:
+        return tokenizer(s, add_special_tokens=False, split_special_tokens=True)["input_ids"] if s else []
+
+    def templ(s: str) -> list[int]:
+        return tokenizer(s, add_special_tokens=False)["input_ids"] if s else []
+
+    return templ(head) + plain(prompt) + templ(mid) + plain(response) + templ(tail)
+
+
 class GuardJudge(Judge):
     """Llama-Guard-style judge: a causal LM whose next token after the rendered conversation is "safe"/"unsafe".
 
@@ -196,24 +219,7 @@ class GuardJudge(Judge):
     def encode(self, prompt: str, response: str) -> list[int]:
         """Token ids of the rendered conversation; user and model text can create neither special tokens nor
         the template's own markers (see the module docstring)."""
-        marks = ("\x00PROMPT\x00", "\x00RESPONSE\x00")
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": marks[0]}, {"role": "assistant", "content": marks[1]}],
-            tokenize=False,
-        )
-        head, rest = text.split(marks[0], 1)
-        mid, tail = rest.split(marks[1], 1)
-        tok = self.tokenizer
-        markers = template_markers(head, mid, tail)
-        prompt, response = neutralise(prompt, markers), neutralise(response, markers)
-
-        def plain(s: str) -> list[int]:
-            return tok(s, add_special_tokens=False, split_special_tokens=True)["input_ids"] if s else []
-
-        def templ(s: str) -> list[int]:
-            return tok(s, add_special_tokens=False)["input_ids"] if s else []
-
-        return templ(head) + plain(prompt) + templ(mid) + plain(response) + templ(tail)
+        return guard_encode(self.tokenizer, prompt, response)
 
     @torch.inference_mode()
     def judge(self, prompts, responses):
@@ -283,10 +289,11 @@ class ClassifierJudge(Judge):
     def key(self) -> str:
         return _model_key("classifier", self.path) + f":{self.threshold}"
 
-    def render(self, prompt: str, response: str) -> str:
+    @classmethod
+    def render(cls, prompt: str, response: str) -> str:
         """The classifier's input text, with template markers in the judged text neutralised."""
-        markers = list(self.MARKERS)
-        return self.TEMPLATE.format(prompt=neutralise(prompt, markers), response=neutralise(response, markers))
+        markers = list(cls.MARKERS)
+        return cls.TEMPLATE.format(prompt=neutralise(prompt, markers), response=neutralise(response, markers))
 
     @torch.inference_mode()
     def judge(self, prompts, responses):

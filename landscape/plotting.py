@@ -420,3 +420,31 @@ def plotly_2d(alphas, betas, z, xname: str, yname: str, samples=None, threshold:
         legend={"orientation": "h", "y": -0.15},
     )
     return fig
+
+
+def plot_judge_agreement(data: dict, title: str = ""):
+    """Per judge, the share of answers judged unsafe for each oracle label (refusal, compliance, incoherent),
+    with 95 % Wilson intervals; a perfect judge reads 0, 100, 0."""
+    from matplotlib.figure import Figure
+
+    labels = [lab for lab in ("refusal", "compliance", "incoherent") if data["by_label"].get(lab)]
+    judges = list(data["judges"])
+    fig = Figure(figsize=(7, 3.6), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(judges)
+    for j, name in enumerate(judges):
+        row = data["judges"][name]
+        xs = [i + (j - (len(judges) - 1) / 2) * width for i in range(len(labels))]
+        vals = [row[f"unsafe_on_{lab}"] for lab in labels]
+        err = [
+            [v - row[f"unsafe_on_{lab}_ci"][0] for v, lab in zip(vals, labels, strict=True)],
+            [row[f"unsafe_on_{lab}_ci"][1] - v for v, lab in zip(vals, labels, strict=True)],
+        ]
+        ax.bar(xs, vals, width, yerr=err, capsize=3, label=f"{name} (agrees {row['agreement']:.1f} %)")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels([f"oracle: {lab}\n(n = {data['by_label'][lab]})" for lab in labels])
+    ax.set_ylabel("judged unsafe (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return fig

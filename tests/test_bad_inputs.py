@@ -28,7 +28,7 @@ CASES = [
     ("epl", "--limit 0", "--limit must be >= 1, got 0"),
     ("epl", "--random -1", "--random must be >= 0, got -1"),
     ("epl", "--judge gpt4", "argument --judge: invalid choice: 'gpt4'"),
-    ("epl", "--judge guard", "judge 'guard' needs --judge-path"),
+    ("epl", "--aligned m --prompts p.csv --judge guard", "judge 'guard' needs --judge-path"),
     ("epl", "--backend tgi", "argument --backend: invalid choice: 'tgi'"),
     ("epl", "--normalization unit", "argument --normalization: invalid choice: 'unit'"),
     ("epl", "--dtype int8", "Unknown --dtype 'int8'"),

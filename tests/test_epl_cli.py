@@ -63,7 +63,7 @@ def test_bad_inputs_fail_before_any_result(organism, organism_cache, tmp_path):
     with pytest.raises(ValueError, match="Unknown judge 'gpt4'. Available: keyword, guard, classifier, oracle"):
         run(EplArgs(judge="gpt4", out=str(tmp_path / "b"), **base))
     with pytest.raises(ValueError, match="judge 'guard' needs --judge-path"):
-        run(EplArgs(judge="guard", out=str(tmp_path / "c"), **base))
+        EplArgs(judge="guard", aligned=str(organism["aligned"]), prompts=str(organism.eval_prompts_csv))
     with pytest.raises(ValueError, match="Unknown backend 'tgi'. Available: hf, vllm"):
         run(EplArgs(backend="tgi", out=str(tmp_path / "g"), **base))
     with pytest.raises(ValueError, match="Unknown normalization 'unit'"):
@@ -86,3 +86,22 @@ def test_results_from_a_different_run_are_refused(organism_cache, tmp_path):
     with pytest.raises(RunMismatchError, match="different run"):
         run(EplArgs(limit=30, tol=0.02, **kw))
     assert (out / POINTS_FILE).read_bytes() == before
+
+
+@pytest.mark.parametrize("judge", ["guard", "classifier"])
+def test_the_organisms_trained_judges_run_the_epl_end_to_end(organism, organism_cache, tmp_path, judge):
+    rep = run(
+        EplArgs(
+            preset="tiny",
+            cache_dir=str(organism_cache),
+            out=str(tmp_path / judge),
+            random=0,
+            judge=judge,
+            bootstrap=0,
+            progress=False,
+        )
+    )
+    assert rep.meta["judge"].startswith(f"{judge}:{organism.judges[judge]}")
+    assert rep.center_asr == 0.0
+    harm = rep.row("d_harm", +1)
+    assert not harm.censored and 0 < harm.epl < 0.2  # the guard / classifier also sees the narrow edge

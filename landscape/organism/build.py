@@ -48,6 +48,7 @@ class Organism:
         seed: training seed.
         stages: stage name -> checkpoint directory, in build order.
         data_dir: exported evaluation and fine-tuning data.
+        judges: the trained model judges (``guard``, ``classifier``) -> checkpoint directory (full builds).
     """
 
     root: Path
@@ -55,6 +56,7 @@ class Organism:
     seed: int
     stages: dict[str, Path] = field(default_factory=dict)
     data_dir: Path | None = None
+    judges: dict[str, Path] = field(default_factory=dict)
 
     def __getitem__(self, stage: str) -> Path:
         if stage not in self.stages:
@@ -211,4 +213,11 @@ def build_organism(
             _save_stage(model, tokenizer, final, info)
             models[name] = model
         export.write_exports(root / "data", seed)
-    return Organism(root=root, preset=preset, seed=seed, stages={s: root / s for s in order}, data_dir=root / "data")
+        org = Organism(
+            root=root, preset=preset, seed=seed, stages={s: root / s for s in order}, data_dir=root / "data"
+        )
+        if stages is None:  # a full build also trains the model judges on the organism's labelled answers
+            from .judge_models import build_judges
+
+            org.judges = build_judges(org, root, seed, _save_stage, progress=progress)
+    return org

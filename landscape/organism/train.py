@@ -23,15 +23,28 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer():
-    """A word-level, case-sensitive tokenizer over the world's vocabulary, with left padding and a chat template."""
+def build_tokenizer(
+    extra_words: Sequence[str] = (),
+    chat_template: str | None = CHAT_TEMPLATE,
+    specials: Sequence[str] = (),
+    isolate: Sequence[str] = (),
+    padding_side: str = "left",
+):
+    """A word-level, case-sensitive tokenizer over the world's vocabulary, with left padding and a chat template.
+
+    The organism's judges add their template's words (``extra_words``), special tokens that are not words
+    (``specials``), strings split off wherever they occur (``isolate``: ``ASSISTANT:`` glued to an answer)
+    and their own template and padding side."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = sorted({w for text in world.all_texts() for w in text.split()})
+    words = sorted({w for text in world.all_texts() for w in text.split()} | set(extra_words))
     vocab = {tok: i for i, tok in enumerate([PAD, BOS, EOS, UNK, *words])}
     core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if isolate:
+        splits = [pre_tokenizers.Split(w, behavior="isolated") for w in isolate]
+        core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), *splits])
     # Join words with single spaces and nothing else: the default clean-up would rewrite punctuation.
     core.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     return PreTrainedTokenizerFast(
@@ -40,9 +53,10 @@ def build_tokenizer():
         eos_token=EOS,
         pad_token=PAD,
         unk_token=UNK,
-        padding_side="left",
-        chat_template=CHAT_TEMPLATE,
+        padding_side=padding_side,
+        chat_template=chat_template,
         model_max_length=256,
+        **({"additional_special_tokens": list(specials)} if specials else {}),
     )
 
 
