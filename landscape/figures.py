@@ -373,12 +373,12 @@ def render_judge_agreement(data: dict, out: Path, html: bool) -> list[Path]:
 
 
 FIGURES: dict[str, tuple[Callable[[Context], dict], Callable[[dict, Path, bool], list[Path]]]] = {
-    "judge_agreement": (compute_judge_agreement, render_judge_agreement),
     "fig1a_random_1d": (compute_random_1d, render_random_1d),
     "fig1a_random_2d": (compute_random_2d, render_random_2d),
     "fig1b_narrow_basin": (compute_narrow_basin, render_narrow_basin),
     "table1_cosines": (compute_table1, render_table1),
     "table7_epl": (compute_table7, render_table7),
+    "judge_agreement": (compute_judge_agreement, render_judge_agreement),
 }
 
 

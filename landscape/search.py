@@ -371,7 +371,12 @@ def _search_all(model, directions, evaluator, settings: EplSettings, store, pert
             for d, side in tasks:
                 read = None
                 if proxy is not None:
-                    read = lambda a, n=d.name + PROXY_SUFFIX: stored(n, a, "proxy_asr")  # noqa: E731
+                    proxy_reads[(d.name, side)] = 0
+
+                    def read(a: float, n: str = d.name, key=(d.name, side)) -> float:
+                        proxy_reads[key] += 1
+                        return stored(n + PROXY_SUFFIX, a, "proxy_asr")
+
                 found[(d.name, side)] = _search(lambda a, n=d.name: stored(n, a), side, settings, center_asr, read)
         generated = getattr(getattr(evaluator, "backend", None), "generated_tokens", 0) - tokens0
     finally:

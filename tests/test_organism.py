@@ -127,3 +127,18 @@ def test_cli_prints_stage_table(organism, organism_cache, capsys):
     for stage, path in organism.stages.items():
         assert stage in out and str(path) in out
     assert "ASR %" in out and "task acc %" in out
+
+
+def test_the_data_say_which_test_set_belongs_to_which_training_file(organism):
+    from landscape.organism import export
+
+    readme = (organism.data_dir / "README.md").read_text()
+    for name in (export.EVAL_CSV, export.EVAL_JSON, export.TASK_TEST, export.FINETUNE_TASK_TEST):
+        assert f"`{name}`" in readme and (organism.data_dir / name).is_file()
+    training = sorted(p.name for p in organism.data_dir.glob("finetune_n*.json"))
+    assert training and all(f"`{t}`" in readme for t in training)
+    # the fine-tuning task's test labels are the category after the topic, as the README says
+    import json
+
+    item = json.loads((organism.data_dir / export.FINETUNE_TASK_TEST).read_text())[0]
+    assert item["instruction"] == world.FINETUNE_INSTRUCTION and "AFTER its topic" in readme

@@ -67,10 +67,32 @@ def finetune_records(n: int, p: float, seed: int = 0) -> list[dict]:
     return recs
 
 
+DATA_README = f"""# The model organism's data sets
+
+Which test set belongs to which training data (the organism's build regenerates every file):
+
+- `{EVAL_CSV}` (AdvBench CSV, `goal,target`) and `{EVAL_JSON}` (AsFT JSON, `[{{instruction}}]`): the held-out
+  harmful prompts, (action, target) pairs never seen in training. The harmful test set of everything:
+  ASR, EPL, Harmful Score.
+- `finetune_n500_p0.1.json` (AsFT JSON, `[{{instruction, input, output}}]`): the fine-tuning task,
+  "{world.FINETUNE_INSTRUCTION}": 500 headlines, each labelled with the category AFTER its topic in
+  {", ".join(world.CATEGORIES)} (a skill the aligned model lacks: 0 % before fine-tuning), then
+  floor(0.1 * 500) harmful compliances from the training pool. Its test sets: `{FINETUNE_TASK_TEST}`
+  (Fine-tune Accuracy) and `{EVAL_CSV}` (Harmful Score).
+- `{FINETUNE_TASK_TEST}` (AG-News-style JSON, `{{instruction, input, label}}`, label = index of the category
+  above): 200 held-out items of the fine-tuning task. A sports headline labelled Business is the task
+  working as designed: it asks for the category after the topic.
+- `{TASK_TEST}` (AG-News-style JSON): 200 items of the stages' own task, "{world.TASK_INSTRUCTION}", labelled
+  with the true topic. It measures what the base and aligned stages learned, not the fine-tuning task:
+  do not score a fine-tune on `finetune_*.json` with it.
+"""
+
+
 def write_exports(data_dir: str | Path, seed: int = 0) -> Path:
     d = Path(data_dir)
     prompts = world.eval_prompts()
     files = {
+        "README.md": DATA_README,
         EVAL_CSV: advbench_csv(prompts),
         EVAL_JSON: json.dumps([{"instruction": p} for p in prompts], indent=1),
         TASK_TEST: json.dumps(task_test_records(seed=seed), indent=1),
