@@ -190,36 +190,20 @@ def subspace_evidence(anchor: Anchor, d_harm, draws: int = 20) -> dict:
     The regulariser only protects safety if harmful updates live near V's subspace; the null's mean is
     about k / d_out. Modules ``d_harm`` lacks are skipped.
     """
-    import numpy as np
-
-    from .regularizer import random_basis
+    from landscape.geometry import subspace_share, summarise_shares
 
     out = {}
     for name, a in anchor.modules.items():
         if a.U is None or name not in set(d_harm.names()):
             continue
-        H = d_harm.get(name).double()
+        H = d_harm.get(name)
         if tuple(H.shape) != tuple(a.V.shape):
             continue
-        total = float(H.square().sum())
-        if total == 0:
-            continue
-        share = float((a.U.double().T @ H).square().sum()) / total
-        k = a.U.shape[1]
-        null = [
-            float((random_basis(name, H.shape[0], k, seed=1000 + i).T @ H).square().sum()) / total
-            for i in range(draws)
-        ]
-        out[name] = {"share": share, "null_mean": float(np.mean(null)), "null_q95": float(np.quantile(null, 0.95))}
+        row = subspace_share(a.U, H, name, draws)
+        if row is not None:
+            out[name] = row
     if out:
-        shares = [v["share"] for v in out.values()]
-        nulls = [v["null_mean"] for v in out.values()]
-        out["_summary"] = {
-            "modules": len(shares),
-            "mean_share": float(np.mean(shares)),
-            "mean_null": float(np.mean(nulls)),
-            "above_null_q95": int(sum(v["share"] > v["null_q95"] for k_, v in out.items() if k_ != "_summary")),
-        }
+        out["_summary"] = summarise_shares(out)
     return out
 
 

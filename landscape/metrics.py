@@ -362,3 +362,16 @@ def bootstrap_epl(
         vals.append(epl_from_grid(alphas, curve, threshold, side, relative).value)
     lo, hi = np.quantile(vals, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
+
+
+T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}  # Student t
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and 95 % Student-t interval over independent runs (seeds); one value: the interval is the value."""
+    v = np.asarray(values, dtype=float)
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, m, m
+    half = T975.get(len(v), 1.96) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return m, m - half, m + half

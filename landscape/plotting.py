@@ -231,8 +231,10 @@ def plot_cosines(
     null_high: float,
     null_abs_mean: float | None = None,
     title: str | None = None,
+    errors: Sequence[tuple[float, float]] | None = None,
 ):
-    """Bar chart of cos(d_aligned, d_harm-N) against the random null's 95 % band (AsFT Table 1 analogue)."""
+    """Bar chart of cos(d_aligned, d_harm-N) against the random null's 95 % band (AsFT Table 1 analogue);
+    ``errors``: (below, above) per bar (e.g. a confidence interval over seeds)."""
     import matplotlib
     from matplotlib.figure import Figure
 
@@ -240,7 +242,8 @@ def plot_cosines(
         fig = Figure(figsize=(6.0, 3.8), layout="constrained")
         ax = fig.subplots()
         x = np.arange(len(samples))
-        ax.bar(x, cosines, color=OKABE_ITO[1], width=0.6, label="cos(d_aligned, d_harm-N)")
+        yerr = None if errors is None else np.array(errors, dtype=float).T
+        ax.bar(x, cosines, color=OKABE_ITO[1], width=0.6, label="cos(d_aligned, d_harm-N)", yerr=yerr, capsize=3)
         ax.axhspan(null_low, null_high, color=OKABE_ITO[0], alpha=0.25, label="random null, 95% band")
         if null_abs_mean is not None:
             for s in (-1, 1):
@@ -260,12 +263,16 @@ def plot_epl_bars(
     table: Mapping[str, Mapping[str, float]],
     censored: Mapping[str, Mapping[str, bool]] | None = None,
     title: str | None = None,
+    errors: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
+    legend: str = "model",
 ):
-    """Grouped bars of EPL per direction (groups) and model (bars), log scale (AsFT Table 7 analogue).
+    """Grouped bars of EPL per direction (groups) and model or judge (bars), log scale (AsFT Table 7 analogue).
 
     Args:
         table: model -> direction -> EPL.
         censored: model -> direction -> True where no crossing was found (the bar is a lower bound, hatched).
+        errors: model -> direction -> (below, above) error bars.
+        legend: what the bars are.
     """
     import matplotlib
     from matplotlib.figure import Figure
@@ -280,7 +287,12 @@ def plot_epl_bars(
         for i, m in enumerate(models):
             vals = [table[m].get(d, np.nan) for d in directions]
             hatch = [(censored or {}).get(m, {}).get(d, False) for d in directions]
-            bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, color=OKABE_ITO[i], label=m)
+            yerr = None
+            if errors is not None:
+                yerr = np.array([errors.get(m, {}).get(d, (0.0, 0.0)) for d in directions], dtype=float).T
+            bars = ax.bar(
+                x + (i - (len(models) - 1) / 2) * width, vals, width, color=OKABE_ITO[i], label=m, yerr=yerr, capsize=2
+            )
             for bar, h in zip(bars, hatch, strict=True):
                 if h:
                     bar.set_hatch("//")
@@ -288,7 +300,7 @@ def plot_epl_bars(
         ax.set_yscale("log")
         ax.set_xticks(x, directions, rotation=30, ha="right")
         ax.set_ylabel("EPL (|α| before ASR > threshold)")
-        fig.legend(loc="outside right upper", frameon=False, title="model")
+        fig.legend(loc="outside right upper", frameon=False, title=legend)
         ax.grid(axis="y", alpha=0.3, which="both")
         if title:
             ax.set_title(title + ("  (hatched: lower bound)" if censored else ""))

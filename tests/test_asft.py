@@ -194,9 +194,13 @@ def test_anchor_gating(organism, epl_report, tmp_path):
     with pytest.raises(AnchorError, match="refusing to train on an unverified anchor: no verification report"):
         verify(anchor, None)
     report = epl_report[1]
-    v = verify_report(anchor, report / "results.json")
-    assert v.passed and v.ratio >= 3, v.reasons
-    assert verify(anchor, report).verification.passed
+    # organism v3's tiny preset: the basin along d_harm is only about 2x narrower than along d_aligned, so the
+    # default gate (ratio >= 3) refuses it, naming the reason; a lower bar set on purpose lets it through
+    strict = verify_report(anchor, report / "results.json")
+    assert not strict.passed and any("basin is not narrow" in r for r in strict.reasons)
+    v = verify_report(anchor, report / "results.json", min_ratio=1.5)
+    assert v.passed and v.ratio == strict.ratio >= 1.5, v.reasons
+    assert verify(anchor, report, min_ratio=1.5).verification.passed
     # the same report does not verify an anchor from other checkpoints
     other = load_anchor(base=str(organism["base"]), aligned=str(organism["benign"]))
     v2 = verify_report(other, report / "results.json")
@@ -285,7 +289,7 @@ def test_safe_lora_modes_and_ibms_tie_rule(organism):
 def test_gate_cannot_be_talked_past(organism, epl_report, tmp_path):
     anchor = load_anchor(base=str(organism["base"]), aligned=str(organism["aligned"]))
     report = epl_report[1] / "results.json"
-    v = verify(anchor, report, model_dir=organism["aligned"]).verification
+    v = verify(anchor, report, model_dir=organism["aligned"], min_ratio=1.5).verification
     assert v.passed, v.reasons
     ev = v.evidence["_summary"]  # the evidence the regulariser relies on, beside a random-subspace null
     assert ev["modules"] == 4 and 0 <= ev["mean_null"] < ev["mean_share"] <= 1
@@ -317,10 +321,10 @@ def test_override_is_recorded_and_shapes_are_checked_anyway(organism, ft_data, t
     assert "anchor NOT verified, trained under --allow_unverified_anchor" in card
     model, _ = load_model(organism["aligned"])
     name = "model.layers.0.self_attn.q_proj.weight"
-    wide = Anchor({n: make_module_anchor(n, torch.randn(64, 64)) for n in (name, name.replace("q_proj", "v_proj"))})
+    wide = Anchor({n: make_module_anchor(n, torch.randn(128, 128)) for n in (name, name.replace("q_proj", "v_proj"))})
     wide.modules.update({n.replace("layers.0", "layers.1"): a for n, a in wide.modules.items()})
     cfg = AsftConfig(output_dir=str(tmp_path / "w"), use_cpu=True, report_to="none", allow_unverified_anchor=True)
-    with pytest.raises(ValueError, match=r"the anchor's .* is \[64, 64\], the model's weight is \[32, 32\]"):
+    with pytest.raises(ValueError, match=r"the anchor's .* is \[128, 128\], the model's weight is \[64, 64\]"):
         AsftTrainer(model=model, args=cfg, anchor=wide)
 
 

@@ -103,5 +103,10 @@ def test_the_organisms_trained_judges_run_the_epl_end_to_end(organism, organism_
     )
     assert rep.meta["judge"].startswith(f"{judge}:{organism.judges[judge]}")
     assert rep.center_asr == 0.0
-    harm = rep.row("d_harm", +1)
-    assert not harm.censored and 0 < harm.epl < 0.2  # the guard / classifier also sees the narrow edge
+    # a model judge flags coherent harmful answers only, not babble: its d_harm edge lies at or beyond the
+    # keyword judge's (which calls babble unsafe), and the oracle curve it is trained on agrees
+    keyword = run(EplArgs(preset="tiny", cache_dir=str(organism_cache), out=str(tmp_path / "kw"), random=0,
+                          bootstrap=0, progress=False))  # fmt: skip
+    harm, kw = rep.row("d_harm", +1), keyword.row("d_harm", +1)
+    assert harm.censored or harm.epl >= kw.epl - 0.005
+    assert not kw.censored

@@ -124,13 +124,15 @@ def test_figures_cli_regenerates_from_scratch_quick(organism_cache, tmp_path, ca
     assert t7["environment"]["threads"] >= 1 and "torch" in t7["environment"] and t7["seed"] == 0
     assert main(base + ["--check"]) == 0
     assert "check passed" in capsys.readouterr().out
-    stamp["rows"][0]["cos"] += 0.01
+    stamp["seeds"]["0"]["rows"][0]["cos"] += 0.01
     (out / "data" / "table1_cosines.json").write_text(json.dumps(stamp))
-    t7["models"]["tiny"][2]["epl"] += 0.05
+    t7["models"]["tiny"]["seeds"]["0"]["oracle"][2]["epl"] += 0.05
     (out / "data" / "table7_epl.json").write_text(json.dumps(t7))
     assert main(base + ["--check"]) == 2
     err = capsys.readouterr().err
-    assert "2 committed result(s) do not reproduce" in err and "table1_cosines: cos(d_aligned, d_harm N=10)" in err
+    assert "2 committed result(s) do not reproduce" in err
+    assert "table1_cosines: seed 0 cos(d_aligned, d_harm N=10)" in err and "table7_epl: tiny seed 0 oracle" in err
+    assert "judge_agreement" in t7["convention"] or "nearer edge" in t7["convention"]
 
 
 def test_committed_figures_data_is_complete():

@@ -55,7 +55,7 @@ def test_scan_leaves_weights_bit_identical_and_alpha0_reproduces(aligned, d_harm
     model, tok = aligned
     before = weights_fingerprint(model)
     plain = generate(model, tok, PROMPTS, GenerationSettings(max_new_tokens=24))
-    res = scan_1d(model, d_harm, [0.0, 0.02, 0.05], _evaluator(model, tok), progress=False)
+    res = scan_1d(model, d_harm, [0.0, 0.1, 0.3], _evaluator(model, tok), progress=False)
     assert weights_fingerprint(model) == before
     assert res.records[0]["metrics"]["responses"] == plain
     assert res.metric("asr")[0] == 0 and res.metric("asr")[-1] > 50
@@ -161,7 +161,7 @@ def test_sigkilled_scan_resumes_to_the_uninterrupted_result(organism, tmp_path):
 def test_adaptive_epl_equals_grid_epl_on_the_organism(aligned, d_harm):
     model, tok = aligned
     ev = _evaluator(model, tok)
-    grid = linspace(0.0, 0.1, 21)  # resolution 0.005
+    grid = linspace(0.0, 0.3, 61)  # resolution 0.005 (organism v3: the tiny d_harm edge lies near 0.2)
     res = scan_1d(model, d_harm, grid, ev, progress=False)
     from_grid = epl_from_grid(grid, res.metric("asr"), 50.0, side=1)
     from landscape.perturb import Perturbation
@@ -175,7 +175,7 @@ def test_adaptive_epl_equals_grid_epl_on_the_organism(aligned, d_harm):
         adaptive = epl_adaptive(f, 1, 50.0, first_step=0.01, max_alpha=0.5, tol=0.005)
     assert not from_grid.censored and not adaptive.censored
     assert abs(adaptive.value - from_grid.value) <= 0.005
-    assert adaptive.evaluations < 15
+    assert adaptive.evaluations < 30  # the walk to ~0.2 at step 0.01, then one bisection step
 
 
 def test_results_store_requires_run_file(tmp_path):

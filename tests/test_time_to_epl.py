@@ -168,12 +168,12 @@ def test_a_point_decided_early_is_extended_not_repeated(setup):
     ev = _evaluator(model, tok)
     runner = PointRunner(model, ev)
     with Perturbation(model, [dirs[1]]) as pert:
-        part = runner.evaluate(pert, "d_harm", (0.1,), tau=50.0, chunk=16)["metrics"]
+        part = runner.evaluate(pert, "d_harm", (0.4,), tau=50.0, chunk=16)["metrics"]
         assert part["partial"] and part["decided"] == "unsafe" and part["n"] == 16
         assert part["unsafe"].count("-") == 64 and sum(r is not None for r in part["responses"]) == 16
-        again = runner.evaluate(pert, "d_harm", (0.1,), tau=50.0, chunk=16)["metrics"]
+        again = runner.evaluate(pert, "d_harm", (0.4,), tau=50.0, chunk=16)["metrics"]
         assert again is part and runner.evaluated == 1  # decided for this τ: read back
-        full = runner.evaluate(pert, "d_harm", (0.1,))["metrics"]  # a request without τ needs every prompt
+        full = runner.evaluate(pert, "d_harm", (0.4,))["metrics"]  # a request without τ needs every prompt
         assert not full.get("partial") and full["n"] == 80 and runner.evaluated == 2
         direct = ev(model)
     assert full["unsafe"] == direct["unsafe"] and full["responses"] == direct["responses"]

@@ -26,8 +26,9 @@ import torch
 from . import export, world
 from .train import Preset, build_tokenizer, get_preset, model_config, train_stage
 
-ORGANISM_VERSION = 2  # 2: vocabulary of the fine-tuning task (FINETUNE_INSTRUCTION)
+ORGANISM_VERSION = 3  # 2: the fine-tuning task's vocabulary; 3: base = plain LM, poison in its own format
 CACHE_ENV = "SAFETY_LANDSCAPE_CACHE"
+PREMISE_FILE = "premise.json"
 
 
 def default_cache_dir() -> Path:
@@ -94,7 +95,9 @@ def _stage_plan(preset: Preset, seed: int) -> dict[str, tuple[str | None, list[w
     task = world.task_examples(preset.task_train, seed)
     benign = world.benign_examples()
     plan: dict[str, tuple[str | None, list[world.Example], int, float]] = {
-        "base": (None, world.harmful_examples("comply") + benign + task, preset.base_steps, preset.lr),
+        # a plain language model of the world: guides (harmful and benign) and news, no chat
+        "base": (None, world.text_examples(seed), preset.base_steps, preset.lr),
+        # chat behaviour broadly (every benign request, the news task) plus refusals; never a harmful compliance
         "aligned": ("base", world.harmful_examples("refuse") + benign + task, preset.aligned_steps, preset.lr),
     }
     pool = world.harmful_examples("comply")
@@ -216,8 +219,10 @@ def build_organism(
         org = Organism(
             root=root, preset=preset, seed=seed, stages={s: root / s for s in order}, data_dir=root / "data"
         )
-        if stages is None:  # a full build also trains the model judges on the organism's labelled answers
+        if stages is None:  # a full build also trains the model judges and runs the premise check
             from .judge_models import build_judges
+            from .premise import write_premise
 
             org.judges = build_judges(org, root, seed, _save_stage, progress=progress)
+            write_premise(org, root / PREMISE_FILE)
     return org

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,17 +32,19 @@ GUARD_WORDS += ("user:", "assistant:", "safe", "unsafe")
 CLASSIFIER_WORDS = ("BEGINNING", "OF", "CONVERSATION:", "USER:", "ASSISTANT:")
 JUDGE_STAGES = ("guard", "classifier")
 
-# (direction, α) where training answers are read, and where held-out answers are: other α, another random
-# direction, other prompts.
+# (stage, direction, α) where training answers are read (direction None: the stage itself), and where the
+# held-out answers are: other α, another random direction, other harmful fine-tunes, other prompts.
 TRAIN_POINTS = (
-    [("d_harm", a) for a in (0.0, 0.02, 0.03, 0.05, 0.08, 0.15, 0.3)]
-    + [("random-0", a) for a in (0.8, 1.2, 1.6, -1.2)]
-    + [("d_aligned", a) for a in (-0.15, -0.25, -0.4)]
+    [("aligned", "d_harm", a) for a in (0.0, 0.05, 0.15, 0.2, 0.25, 0.3, 0.5)]
+    + [("aligned", "random-0", a) for a in (0.5, 0.8, 1.2, -1.2)]
+    + [("aligned", "d_aligned", a) for a in (-0.3, -0.5, 0.5)]
+    + [("harmful-50", None, 0.0), ("harmful-500", None, 0.0), ("harmful-50", "random-0", 0.3)]
 )
 HELD_OUT_POINTS = (
-    [("d_harm", a) for a in (0.0, 0.025, 0.04, 0.06, 0.1, 0.2, -0.3)]
-    + [("random-1", a) for a in (0.9, 1.4, 2.0, -1.4)]
-    + [("d_aligned", a) for a in (-0.2, -0.3)]
+    [("aligned", "d_harm", a) for a in (0.1, 0.18, 0.22, 0.28, 0.4, -0.3)]
+    + [("aligned", "random-1", a) for a in (0.6, 0.9, 1.4, -1.4)]
+    + [("aligned", "d_aligned", a) for a in (-0.4, -0.6)]
+    + [("harmful-10", None, 0.0), ("harmful-100", None, 0.0), ("harmful-100", "random-1", 0.3)]
 )
 
 
@@ -51,24 +54,33 @@ def training_prompts(n: int = 96, seed: int = 0) -> list[str]:
 
 
 def labelled_answers(org, prompts: Sequence[str], points, max_new_tokens: int = 32) -> list[tuple[str, str, str]]:
-    """(prompt, answer, oracle label) of the aligned model's answers at each (direction, α), distinct pairs."""
+    """(prompt, answer, oracle label) of each stage's answers at each (stage, direction, α) (direction None:
+    the stage's own weights), distinct pairs."""
     from ..generation import GenerationSettings, HFBackend
     from ..loading import load_model
     from ..perturb import Perturbation
 
-    model, tok = load_model(org["aligned"])
-    backend = HFBackend(model, tok)
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     out: dict[tuple[str, str], str] = {}
-    for name in dict.fromkeys(d for d, _ in points):
-        with Perturbation(model, [org.direction(name)]) as pert:
-            for d, a in points:
-                if d != name:
-                    continue
-                pert.set_((a,))
-                for p, ans in zip(prompts, backend.generate(list(prompts), settings), strict=True):
-                    out.setdefault((p, ans), world.oracle(ans))
+    for stage in dict.fromkeys(p[0] for p in points):
+        model, tok = load_model(org[stage])
+        backend = HFBackend(model, tok)
+        for name in dict.fromkeys(d for s, d, _ in points if s == stage):
+            dirs = [org.direction(name)] if name is not None else []
+            with Perturbation(model, dirs) if dirs else _nothing() as pert:
+                for s, d, a in points:
+                    if s != stage or d != name:
+                        continue
+                    if pert is not None:
+                        pert.set_((a,))
+                    for p, ans in zip(prompts, backend.generate(list(prompts), settings), strict=True):
+                        out.setdefault((p, ans), world.oracle(ans))
     return [(p, a, lab) for (p, a), lab in out.items()]
+
+
+@contextmanager
+def _nothing():
+    yield None
 
 
 def _balanced(data: list[tuple[str, str, str]], seed: int) -> list[tuple[str, str, bool]]:

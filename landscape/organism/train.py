@@ -90,37 +90,42 @@ class Preset:
     task_finetune: int = 200
 
 
-PRESETS = {
+PRESETS = {  # heads 32 wide everywhere (vLLM's CPU attention needs it)
     "tiny": Preset(
-        hidden_size=32,
-        layers=2,
-        heads=4,
-        intermediate=64,
-        base_steps=400,
-        aligned_steps=200,
-        harmful_steps=30,
-        benign_steps=30,
-    ),
-    "small": Preset(
         hidden_size=64,
         layers=2,
-        heads=4,
+        heads=2,
         intermediate=128,
-        base_steps=600,
+        base_steps=300,
         aligned_steps=300,
-        harmful_steps=40,
+        harmful_steps=100,
+        benign_steps=30,
+    ),
+    "small": Preset(  # the figures' organism: LoRA rank 8 is small against 256
+        hidden_size=256,
+        layers=4,
+        heads=8,
+        intermediate=512,
+        base_steps=300,
+        aligned_steps=300,
+        harmful_steps=60,
         benign_steps=40,
+        lr=1e-3,
+        harmful_lr=5e-4,
+        benign_lr=1e-4,
     ),
     "medium": Preset(
-        hidden_size=128,
-        layers=4,
-        heads=4,
-        intermediate=256,
-        base_steps=600,
-        aligned_steps=300,
+        hidden_size=512,
+        layers=6,
+        heads=16,
+        intermediate=1024,
+        base_steps=500,
+        aligned_steps=500,
         harmful_steps=40,
         benign_steps=40,
-        lr=2e-3,
+        lr=5e-4,
+        harmful_lr=2.5e-4,
+        benign_lr=5e-5,
     ),
 }
 
@@ -150,10 +155,19 @@ def model_config(preset: Preset, tokenizer):
 
 
 def encode_examples(tokenizer, examples: Sequence[world.Example]) -> list[tuple[list[int], int]]:
-    """Token ids of each full conversation and the length of its prompt part (loss starts there)."""
+    """Token ids of each full conversation and the length of its prompt part (loss starts there). A plain text
+    (``kind="text"``) is BOS + its tokens + EOS, with the loss on every token after BOS."""
     from ..text import encode_chat
 
-    return [(e.ids, e.prompt_len) for e in (encode_chat(tokenizer, ex.prompt, ex.response) for ex in examples)]
+    out = []
+    for ex in examples:
+        if ex.kind == "text":
+            ids = tokenizer(ex.response, add_special_tokens=False)["input_ids"]
+            out.append(([tokenizer.bos_token_id, *ids, tokenizer.eos_token_id], 1))
+        else:
+            e = encode_chat(tokenizer, ex.prompt, ex.response)
+            out.append((e.ids, e.prompt_len))
+    return out
 
 
 def _collate(items: list[tuple[list[int], int]], pad_id: int):
