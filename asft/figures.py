@@ -102,7 +102,7 @@ def one_run(ctx: Context, overrides: dict, p: float, seed: int) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="asft-run-"))
     try:
         data = tmp / "data.json"
-        atomic_write_json(data, export.finetune_records(N_TASK, 0.2, seed=ctx.args.seed))
+        atomic_write_json(data, export.finetune_records(N_TASK, max(0.2, p), seed=ctx.args.seed))
         settings = {
             "aligned": str(org["aligned"]),
             "base": str(org["base"]),
@@ -332,7 +332,8 @@ PARETO = {  # family -> [(knob label, AsftConfig overrides)]
         (f"N={k}", {"method": "safelora", "safelora_mode": "number", "safelora_number": k}) for k in (1, 2, 4)
     ],
 }
-MATCHED_FA = (20.0, 25.0, 30.0, 35.0)  # where the regularised sweeps and their controls overlap on the organism
+MATCHED_FA = (20.0, 25.0, 30.0, 35.0)  # where the regularised sweeps and their controls overlapped on organism v2
+MATCHED_FA_BY_P = {0.1: (60.0, 70.0, 80.0, 85.0), 0.3: (60.0, 70.0, 80.0, 85.0)}  # organism v3: FA stays high
 
 
 def _ci(x: np.ndarray) -> tuple[float, float]:
@@ -350,7 +351,7 @@ def hs_at_fa(points: list[tuple[float, float]], fa: float) -> float | None:
     return None
 
 
-def compute_pareto(ctx: Context) -> dict:
+def compute_pareto(ctx: Context, p: float = P) -> dict:
     """HS (oracle) against FA for every method and control along its knob, with 95 % t-intervals over seeds,
     and HS compared at matched FA (per seed, interpolated along each sweep)."""
     seeds = (0,) if ctx.args.quick else PARETO_SEEDS
@@ -359,22 +360,38 @@ def compute_pareto(ctx: Context) -> dict:
     for fam, knobs in families.items():
         rows = []
         for label, ov in knobs:
-            runs = [one_run(ctx, ov, 0.1, s) for s in seeds]
+            runs = [one_run(ctx, ov, p, s) for s in seeds]
             hs, fa = np.array([r["hs"] for r in runs]), np.array([r["fa"] for r in runs])
+            kw = np.array([r["hs_keyword"] for r in runs])
             rows.append(
-                {"knob": label, "hs": float(hs.mean()), "hs_ci": _ci(hs), "fa": float(fa.mean()), "fa_ci": _ci(fa)}
-            )
+                {"knob": label, "hs": float(hs.mean()), "hs_ci": _ci(hs), "fa": float(fa.mean()), "fa_ci": _ci(fa),
+                 "hs_keyword": float(kw.mean()), "hs_keyword_ci": _ci(kw)}
+            )  # fmt: skip
             for s, r in zip(seeds, runs, strict=True):
-                per_seed.setdefault(fam, {}).setdefault(s, []).append((r["fa"], r["hs"]))
+                per_seed.setdefault(fam, {}).setdefault(s, []).append((r["fa"], r["hs"], r["hs_keyword"]))
         curves[fam] = rows
-    matched = {}
-    for fa in MATCHED_FA:
-        for fam, by_seed in per_seed.items():
-            vals = [v for v in (hs_at_fa(pts, fa) for pts in by_seed.values()) if v is not None]
-            if len(vals) >= min(3, len(seeds)):  # the seeds whose sweep reaches this FA
-                x = np.array(vals)
-                matched.setdefault(str(fa), {})[fam] = {"hs": float(x.mean()), "hs_ci": _ci(x), "seeds": len(vals)}
-    return {"preset": ctx.preset, "p": 0.1, "n": N_TASK, "seeds": list(seeds), "curves": curves, "matched_fa": matched}
+    matched: dict = {"oracle": {}, "keyword": {}}
+    for judge, col in (("oracle", 1), ("keyword", 2)):
+        for fa in MATCHED_FA_BY_P.get(p, MATCHED_FA):
+            for fam, by_seed in per_seed.items():
+                sweeps = [[(pt[0], pt[col]) for pt in pts] for pts in by_seed.values()]
+                vals = [v for v in (hs_at_fa(pts, fa) for pts in sweeps) if v is not None]
+                if len(vals) >= min(3, len(seeds)):  # the seeds whose sweep reaches this FA
+                    x = np.array(vals)
+                    matched[judge].setdefault(str(fa), {})[fam] = {
+                        "hs": float(x.mean()),
+                        "hs_ci": _ci(x),
+                        "seeds": len(vals),
+                    }
+    return {
+        "preset": ctx.preset,
+        "p": p,
+        "n": N_TASK,
+        "seeds": list(seeds),
+        "curves": curves,
+        "matched_fa": matched["oracle"],
+        "matched_fa_keyword": matched["keyword"],
+    }
 
 
 def render_pareto(data: dict, out: Path, html: bool) -> list[Path]:
@@ -406,7 +423,8 @@ def render_pareto(data: dict, out: Path, html: bool) -> list[Path]:
             f"HS vs FA along each method's knob (organism {data['preset']}, p = {data['p']}, "
             f"{len(data['seeds'])} seeds, 95 % CI)\ndashed: controls (plain L2, random subspace)"
         )
-    return [atomic_savefig(fig, out / "fig_pareto.png")]
+    stem = "fig_pareto" if data["p"] == P else f"fig_pareto_p{data['p']:g}"
+    return [atomic_savefig(fig, out / f"{stem}.png")]
 
 
 FIGURES = {  # found by ``python -m landscape.figures`` through the safety_landscape.figures entry point
@@ -414,4 +432,6 @@ FIGURES = {  # found by ``python -m landscape.figures`` through the safety_lands
     "fig4a_lambda": (compute_lambda, render_lambda),
     "fig4b_ablation": (compute_ablation, render_ablation),
     "fig_pareto": (compute_pareto, render_pareto),
+    # a heavier poison, where SFT's harm is coherent compliance rather than babble (organism v3 at p = 0.1 is not)
+    "fig_pareto_p0.3": (lambda ctx: compute_pareto(ctx, 0.3), render_pareto),
 }

@@ -448,10 +448,14 @@ def plot_judge_agreement(data: dict, title: str = ""):
         row = data["judges"][name]
         xs = [i + (j - (len(judges) - 1) / 2) * width for i in range(len(labels))]
         vals = [row[f"unsafe_on_{lab}"] for lab in labels]
-        err = [
-            [v - row[f"unsafe_on_{lab}_ci"][0] for v, lab in zip(vals, labels, strict=True)],
-            [row[f"unsafe_on_{lab}_ci"][1] - v for v, lab in zip(vals, labels, strict=True)],
-        ]
+        err = np.clip(  # a Wilson bound can sit a rounding error inside its own estimate
+            [
+                [v - row[f"unsafe_on_{lab}_ci"][0] for v, lab in zip(vals, labels, strict=True)],
+                [row[f"unsafe_on_{lab}_ci"][1] - v for v, lab in zip(vals, labels, strict=True)],
+            ],
+            0,
+            None,
+        )
         ax.bar(xs, vals, width, yerr=err, capsize=3, label=f"{name} (agrees {row['agreement']:.1f} %)")
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels([f"oracle: {lab}\n(n = {data['by_label'][lab]})" for lab in labels])

@@ -142,3 +142,21 @@ def test_the_data_say_which_test_set_belongs_to_which_training_file(organism):
 
     item = json.loads((organism.data_dir / export.FINETUNE_TASK_TEST).read_text())[0]
     assert item["instruction"] == world.FINETUNE_INSTRUCTION and "AFTER its topic" in readme
+
+
+def test_the_build_stores_its_premise_check_and_judges(organism):
+    import json
+
+    from landscape.organism.premise import HEADLINE, K
+
+    premise = json.loads((organism.root / "premise.json").read_text())
+    assert premise["definition"]["k"] == K and premise["definition"]["headline_update"] == HEADLINE
+    share = premise["subspace_share"][HEADLINE]["summary"]
+    assert share["modules"] == 4 and 0 <= share["mean_null"] <= 1 and 0 <= share["mean_share"] <= 1
+    null = premise["cosine_null"]
+    inside = null["q025"] <= premise["cosine"][HEADLINE] <= null["q975"]
+    assert premise["cos_inside_null"] == inside
+    assert premise["holds"] == (inside and premise["share_at_most_half_above_null"])
+    for name in ("guard", "classifier"):
+        info = json.loads((organism.judges[name] / "stage.json").read_text())
+        assert info["kind"] == "judge" and info["labels"]["compliance"] > 0
