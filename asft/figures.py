@@ -1,7 +1,7 @@
 """AsFT's results on the model organism, which ``python -m landscape.figures`` finds through an entry point.
 
 Every panel is p = 0.1 and five seeds (95 % t-intervals), and every run is one of the Pareto fronts' points,
-so the four figures share their runs:
+so the four figures share their runs (``fig_pareto_p0.3`` adds a heavier poison):
 
 - ``fig_pareto``: HS against FA for each method along its own knob (SFT's epochs, λ for AsFT and the two
   controls, τ and N for Safe LoRA), and HS compared at matched FA;
@@ -332,6 +332,13 @@ PARETO = {  # family -> [(knob label, AsftConfig overrides)]
         (f"N={k}", {"method": "safelora", "safelora_mode": "number", "safelora_number": k}) for k in (1, 2, 4)
     ],
 }
+P03_FAMILIES = {
+    "SFT (early stopping)": PARETO["SFT (early stopping)"],
+    "AsFT reference": PARETO["AsFT reference"][:1],
+    "control: l2": PARETO["control: l2"][:1],
+    "AsFT projector": PARETO["AsFT projector"][:1],
+    "control: random": PARETO["control: random"][:1],
+}
 MATCHED_FA = (20.0, 25.0, 30.0, 35.0)  # where the regularised sweeps and their controls overlapped on organism v2
 MATCHED_FA_BY_P = {0.1: (60.0, 70.0, 80.0, 85.0), 0.3: (60.0, 70.0, 80.0, 85.0)}  # organism v3: FA stays high
 
@@ -351,11 +358,13 @@ def hs_at_fa(points: list[tuple[float, float]], fa: float) -> float | None:
     return None
 
 
-def compute_pareto(ctx: Context, p: float = P) -> dict:
+def compute_pareto(ctx: Context, p: float = P, families: dict | None = None) -> dict:
     """HS (oracle) against FA for every method and control along its knob, with 95 % t-intervals over seeds,
     and HS compared at matched FA (per seed, interpolated along each sweep)."""
     seeds = (0,) if ctx.args.quick else PARETO_SEEDS
-    families = {k: v[:2] for k, v in PARETO.items()} if ctx.args.quick else PARETO
+    families = families or PARETO
+    if ctx.args.quick:
+        families = {k: v[:2] for k, v in families.items()}
     curves, per_seed = {}, {}
     for fam, knobs in families.items():
         rows = []
@@ -400,28 +409,34 @@ def render_pareto(data: dict, out: Path, html: bool) -> list[Path]:
 
     from landscape.plotting import OKABE_ITO, PAPER_RC
 
+    panels = [("hs", "Harmful Score (%, oracle: coherent harmful answers) ↓")]
+    if all("hs_keyword" in r for rows in data["curves"].values() for r in rows):
+        panels.append(("hs_keyword", "Harmful Score (%, keyword: no refusal, babble included) ↓"))
     with matplotlib.rc_context(PAPER_RC):
-        fig = Figure(figsize=(7.6, 5.2), layout="constrained")
-        ax = fig.subplots()
+        fig = Figure(figsize=(7.0 * len(panels), 5.2), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, len(panels)))
         markers = "osD^vPX"
-        for i, (fam, rows) in enumerate(data["curves"].items()):
-            rows = sorted(rows, key=lambda r: r["fa"])
-            fa = [r["fa"] for r in rows]
-            hs = [r["hs"] for r in rows]
-            xerr = [[r["fa"] - r["fa_ci"][0] for r in rows], [r["fa_ci"][1] - r["fa"] for r in rows]]
-            yerr = [[r["hs"] - r["hs_ci"][0] for r in rows], [r["hs_ci"][1] - r["hs"] for r in rows]]
-            ls = "--" if fam.startswith("control") else "-"
-            ax.errorbar(fa, hs, xerr=xerr, yerr=yerr, ls=ls, marker=markers[i % 7], ms=4, capsize=2, lw=1.3,
-                        color=OKABE_ITO[i % len(OKABE_ITO)], label=fam)  # fmt: skip
-        ax.set_xlabel("Fine-tune Accuracy (%) ↑")
-        ax.set_ylabel("Harmful Score (%, oracle) ↓")
-        ax.set_xlim(-3, 103)
-        ax.set_ylim(-3, 103)
-        ax.grid(alpha=0.3)
-        ax.legend(frameon=False, fontsize=8, loc="upper left")
-        ax.set_title(
+        for ax, (key, label) in zip(axes, panels, strict=True):
+            for i, (fam, rows) in enumerate(data["curves"].items()):
+                rows = sorted(rows, key=lambda r: r["fa"])
+                fa = [r["fa"] for r in rows]
+                hs = [r[key] for r in rows]
+                xerr = [[r["fa"] - r["fa_ci"][0] for r in rows], [r["fa_ci"][1] - r["fa"] for r in rows]]
+                yerr = np.clip(
+                    [[r[key] - r[key + "_ci"][0] for r in rows], [r[key + "_ci"][1] - r[key] for r in rows]], 0, None
+                )
+                ls = "--" if fam.startswith("control") else "-"
+                ax.errorbar(fa, hs, xerr=xerr, yerr=yerr, ls=ls, marker=markers[i % 7], ms=4, capsize=2, lw=1.3,
+                            color=OKABE_ITO[i % len(OKABE_ITO)], label=fam)  # fmt: skip
+            ax.set_xlabel("Fine-tune Accuracy (%) ↑")
+            ax.set_ylabel(label)
+            ax.set_xlim(-3, 103)
+            ax.set_ylim(-3, 103)
+            ax.grid(alpha=0.3)
+        axes[0].legend(frameon=False, fontsize=8, loc="upper left")
+        fig.suptitle(
             f"HS vs FA along each method's knob (organism {data['preset']}, p = {data['p']}, "
-            f"{len(data['seeds'])} seeds, 95 % CI)\ndashed: controls (plain L2, random subspace)"
+            f"{len(data['seeds'])} seeds, 95 % CI); dashed: controls (plain L2, random subspace)"
         )
     stem = "fig_pareto" if data["p"] == P else f"fig_pareto_p{data['p']:g}"
     return [atomic_savefig(fig, out / f"{stem}.png")]
@@ -432,6 +447,7 @@ FIGURES = {  # found by ``python -m landscape.figures`` through the safety_lands
     "fig4a_lambda": (compute_lambda, render_lambda),
     "fig4b_ablation": (compute_ablation, render_ablation),
     "fig_pareto": (compute_pareto, render_pareto),
-    # a heavier poison, where SFT's harm is coherent compliance rather than babble (organism v3 at p = 0.1 is not)
-    "fig_pareto_p0.3": (lambda ctx: compute_pareto(ctx, 0.3), render_pareto),
+    # a heavier poison, where SFT's harm is coherent compliance rather than babble (organism v3 at p = 0.1 is not):
+    # SFT's front and each regulariser at its mildest setting beside its control
+    "fig_pareto_p0.3": (lambda ctx: compute_pareto(ctx, 0.3, P03_FAMILIES), render_pareto),
 }

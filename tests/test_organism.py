@@ -77,14 +77,14 @@ def test_killed_build_leaves_no_false_checkpoint(organism, tmp_path):
     from landscape.organism.build import organism_dir
 
     root = organism_dir("tiny", 0, tmp_path)
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # generous: on a loaded machine the first stage can take minutes
     while not (root / "base").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     time.sleep(0.5)  # now inside a later stage
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
-    assert finished, "the first stage should have been finished before the kill"
+    assert finished, f"the first stage should have been finished before the kill (exit code {proc.returncode})"
     for d in finished:
         assert (d / "stage.json").is_file() and (d / "model.safetensors").is_file()
     rebuilt = build_organism("tiny", seed=0, cache_dir=tmp_path, progress=False)
