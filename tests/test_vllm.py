@@ -95,7 +95,8 @@ def test_hf_and_vllm_agree_at_every_point_of_an_epl_search(medium, engine, tmp_p
 
     d = load_direction(tmp_path / "d_harm")
     prompts, s = world.eval_prompts()[:24], GenerationSettings(max_new_tokens=24)
-    search = EplSettings(first_step=0.01, max_alpha=0.08, tol=0.005, bootstrap=0)
+    # exact: both backends walk the same points (the proxy bracket is HF-only); v3 tiny's d_harm edge is near 0.2
+    search = EplSettings(first_step=0.05, max_alpha=0.4, tol=0.005, bootstrap=0).exact()
     model, tok = load_model(medium["aligned"])
     hf = effective_perturbation_length(
         model, [d], SafetyEvaluator(HFBackend(model, tok), prompts, KeywordJudge(), s), search, progress=False
@@ -110,6 +111,7 @@ def test_hf_and_vllm_agree_at_every_point_of_an_epl_search(medium, engine, tmp_p
     )
     assert hf.curves == vl.curves and len(hf.curves["d_harm"]) >= 5  # same ASR at every point looked at
     assert [r.epl for r in hf.rows] == [r.epl for r in vl.rows]
+    assert not hf.row("d_harm", +1).censored  # a real edge, not two flat curves
 
 
 @pytest.mark.vllm
