@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from landscape.geometry import random_basis  # noqa: F401  (the random control's bases; re-exported)
+from landscape.geometry import random_basis, top_left_singular
 
 FORMS = ("reference", "projector", "aligned", "l2", "random")
 CONTROLS = ("l2", "random")
@@ -96,7 +96,7 @@ def make_module_anchor(name: str, V: torch.Tensor, k: int | None = 8, seed: int 
     if k is not None:
         if not 1 <= k <= min(Vf.shape):
             raise ValueError(f"k must be in [1, {min(Vf.shape)}] for {name!r}, got {k}")
-        U = torch.linalg.svd(Vf, full_matrices=False).U[:, :k].contiguous()
+        U = top_left_singular(Vf, k)
         R = random_basis(name, Vf.shape[0], k, seed, Vf.dtype)
         return ModuleAnchor(name, Vf, norm, U, R, seed)
     return ModuleAnchor(name, Vf, norm, U, None, seed)

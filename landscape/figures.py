@@ -200,8 +200,6 @@ def compute_narrow_basin(ctx: Context) -> dict:
 
 def compute_table1(ctx: Context) -> dict:
     """cos(d_aligned, d_harm-N) with its random null, and the premise check, on every organism seed."""
-    import json as _json
-
     from .organism.build import PREMISE_FILE
     from .organism.tables import table1
 
@@ -209,7 +207,7 @@ def compute_table1(ctx: Context) -> dict:
     for sd in ctx.seeds():
         org = ctx.organism(seed=sd)
         t = table1(org, k=10 if ctx.args.quick else 50)
-        premise = _json.loads((org.root / PREMISE_FILE).read_text())
+        premise = json.loads((org.root / PREMISE_FILE).read_text())
         per_seed[str(sd)] = {
             "rows": [r.__dict__ for r in t.rows],
             "null": t.null,

@@ -295,9 +295,8 @@ def random_basis(name: str, d_out: int, k: int, seed: int = 0, dtype=torch.float
 
 
 def top_left_singular(V: torch.Tensor, k: int) -> torch.Tensor:
-    """The top-k left singular vectors of a (d_out, d_in) update, by an exact SVD in float64."""
-    U, _, _ = torch.linalg.svd(V.double(), full_matrices=False)
-    return U[:, :k].contiguous()
+    """The top-k left singular vectors of a (d_out, d_in) update, by an exact SVD in V's dtype."""
+    return torch.linalg.svd(V, full_matrices=False).U[:, :k].contiguous()
 
 
 def subspace_share(U: torch.Tensor, H: torch.Tensor, name: str, draws: int = 20) -> dict | None:

@@ -255,8 +255,8 @@ class RefusalProxy:
         from .scores import greedy_kept
 
         ids, answers = [self.ids[i] for i in self.live], [self.answers[i] for i in self.live]
-        changed = self.live and greedy_kept(self.model, ids, answers, self.pad, self.batch).count(False)
-        return 100.0 * (self.fixed + (changed or 0)) / self.n
+        changed = greedy_kept(self.model, ids, answers, self.pad, self.batch).count(False) if self.live else 0
+        return 100.0 * (self.fixed + changed) / self.n
 
 
 def _curve(records: list[dict], metric: str) -> list[tuple[float, float]]:

@@ -7,12 +7,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_benchmark_runs_small_on_cpu(tmp_path):
+def _bench(name: str):
+    """Import ``benchmarks/<name>.py`` (the benchmarks are scripts, not a package)."""
+    import importlib
+
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import bench_gpu
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
+
+
+def test_gpu_benchmark_runs_small_on_cpu(tmp_path):
+    bench_gpu = _bench("bench_gpu")
     out = tmp_path / "gpu.json"
     report = bench_gpu.main(
         [
@@ -38,11 +45,7 @@ def test_gpu_benchmark_runs_small_on_cpu(tmp_path):
 
 def test_time_to_epl_benchmark_runs_small(tmp_path, organism_cache, monkeypatch):
     monkeypatch.setenv("SAFETY_LANDSCAPE_CACHE", str(organism_cache))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_time_to_epl
-    finally:
-        sys.path.pop(0)
+    bench_time_to_epl = _bench("bench_time_to_epl")
     out = tmp_path / "tte.json"
     report = bench_time_to_epl.main(
         [

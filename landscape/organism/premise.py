@@ -37,7 +37,7 @@ def premise_check(org) -> dict:
     updates = {s: difference(org["aligned"], org[s], name=s) for s in [*org.harmful_stages, "benign"]}
     cos = {s: cosine(d_aligned, u) for s, u in updates.items()}
     modules = [n for n in d_aligned.names() if any(f".{m}." in n for m in MODULES) and n.endswith("weight")]
-    U = {n: top_left_singular(d_aligned.get(n), K) for n in modules}
+    U = {n: top_left_singular(d_aligned.get(n).double(), K) for n in modules}
     shares = {}
     for s, u in updates.items():
         per = {n: row for n in modules if (row := subspace_share(U[n], u.get(n), n, DRAWS)) is not None}

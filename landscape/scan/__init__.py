@@ -150,8 +150,11 @@ class SafetyEvaluator(Evaluator):
         sequential_z`). A point stopped early is marked ``partial`` with its ``decided`` side and ``z``; its
         ``unsafe`` string holds ``-`` and its ``responses`` None for the prompts it did not answer.
         """
+        from ..judges import CachedJudge
         from ..metrics import sequential_decision, sequential_z
 
+        # each chunk is judged as it comes; the point's metrics then read those verdicts back from the cache
+        judge = self.judge if isinstance(self.judge, CachedJudge) else CachedJudge(self.judge)
         n_total = len(self.prompts)
         z = sequential_z(n_total, chunk)
         responses: list[str | None] = [None] * n_total
@@ -175,22 +178,23 @@ class SafetyEvaluator(Evaluator):
             before = self._tokens()
             answers = self.backend.generate([self.prompts[i] for i in todo], self.settings)
             tokens += self._tokens() - before
-            for i, a, v in zip(todo, answers, self.judge([self.prompts[i] for i in todo], answers), strict=True):
+            for i, a, v in zip(todo, answers, judge([self.prompts[i] for i in todo], answers), strict=True):
                 responses[i], unsafe[i] = a, v.unsafe
-        out = self.metrics(responses)
+        out = self.metrics(responses, judge)
         out["tokens"] = tokens
         if decision is not None:
             out.update(partial=True, decided=decision, z=z)
         return out
 
-    def metrics(self, responses: list[str | None]) -> dict:
+    def metrics(self, responses: list[str | None], judge=None) -> dict:
         """ASR and labels of one point's answers (every judge called once, batched over the answered prompts;
-        None marks a prompt not answered at this point, ``-`` in ``unsafe``)."""
+        None marks a prompt not answered at this point, ``-`` in ``unsafe``). ``judge``: the main judge to use
+        instead of ``self.judge`` (the same judge behind a verdict cache)."""
         from ..metrics import asr, wilson_interval
 
         idx = [i for i, r in enumerate(responses) if r is not None]
         prompts, answers = [self.prompts[i] for i in idx], [responses[i] for i in idx]
-        verdicts = self.judge(prompts, answers)
+        verdicts = (judge or self.judge)(prompts, answers)
         unsafe = [v.unsafe for v in verdicts]
         marks = ["-"] * len(responses)
         for i, u in zip(idx, unsafe, strict=True):
