@@ -17,9 +17,12 @@ from __future__ import annotations
 
 
 def _run(cfg):
+    from landscape.scan import process_group
+
     from .finetune import fine_tune
 
-    return fine_tune(cfg)
+    with process_group():  # under torchrun the Trainer opens the group; every rank leaves it together
+        return fine_tune(cfg)
 
 
 def _print(res) -> None:

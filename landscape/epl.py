@@ -227,17 +227,13 @@ def run(args: EplArgs):
         backend = HFBackend(model, tok, progress=args.progress and rank == 0)
         perturber = None
 
-    from .scan import SafetyEvaluator
+    from .scan import SafetyEvaluator, process_group
 
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, system_prompt=args.system_prompt
     )
     evaluator = SafetyEvaluator(backend, prompts, judge, settings, extra_judges=extra_judges)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
-    try:
+    with process_group(world, args.device):
         search_t0 = time.perf_counter()
         report = effective_perturbation_length(
             model,
@@ -252,12 +248,6 @@ def run(args: EplArgs):
             world_size=world,
             progress=args.progress and rank == 0,
         )
-    finally:
-        if world > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
     add_cosines(report, raw)
     report.judge_calls = {"hits": judge.hits, "misses": judge.misses}
     report.seconds = time.perf_counter() - t0

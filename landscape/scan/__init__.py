@@ -521,6 +521,28 @@ def barrier() -> None:
         dist.barrier()
 
 
+@contextmanager
+def process_group(world_size: int = 1, device: str = "cpu") -> Iterator[None]:
+    """Run the body in a torch.distributed process group and leave it cleanly.
+
+    With ``world_size > 1`` a group is initialised (nccl on CUDA, gloo otherwise); with 1 none is, but one
+    that a library opened in the body (the Trainer under torchrun) is closed all the same. On success every
+    rank waits for the others (rank 0 may still be writing), then the group is destroyed: a rank that exits
+    with a live gloo group can abort at interpreter shutdown ("terminate called without an active
+    exception"), which torchrun reports as a failed run.
+    """
+    import torch.distributed as dist
+
+    if world_size > 1:
+        dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+    try:
+        yield
+        barrier()
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def scan_1d(model, direction: Direction, alphas: Sequence[float], evaluator: Evaluator, **kw) -> ScanResult:
     """f(α) = evaluator(θ₀ + α·d) over ``alphas``."""
     return scan(

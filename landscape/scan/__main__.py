@@ -122,7 +122,7 @@ def run(args: ScanArgs):
     from ..generation import GenerationSettings, HFBackend
     from ..judges import CachedJudge, make_judge
     from ..loading import check_device, load_model
-    from . import SafetyEvaluator, scan
+    from . import SafetyEvaluator, process_group, scan
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
@@ -154,11 +154,7 @@ def run(args: ScanArgs):
         ),
         defer_judging=args.judge_after,
     )
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    try:
+    with process_group(world, device):
         res = scan(
             model,
             dirs,
@@ -172,12 +168,6 @@ def run(args: ScanArgs):
             rank=rank,
             world_size=world,
         )
-    finally:
-        if world > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
     res.extra.update(rank=rank, world_size=world, total=len(coords), out=args.out, names=[d.name for d in dirs])
     if rank == 0 and args.judge_after:
         import json
