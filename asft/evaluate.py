@@ -7,7 +7,7 @@
 - Fine-tune Accuracy (FA): % of labelled task items whose answer names the right label (AG News style:
   the first label name the answer starts with, else the first it contains).
 
-Both come with Wilson 95 % intervals. Answers are generated in batches by ``landscape``'s decode loop.
+Both come with Wilson 95 % intervals. Answers are generated in batches by ``landscape``'s HF backend.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ random tokens, a fixed number of new tokens (EOS ignored), one layer-normalised 
 grid point:
 
 - ours: in-place perturbation on the device (fp32 arithmetic, one cast) and all prompts in one batch
-  through our decode loop;
+  through the HF backend (`model.generate` with the non-finite check);
 - Peng-style: the perturbed state dict computed on the CPU in fp32, ``load_state_dict`` to the device,
   prompts in batches of 4 through HF ``generate``;
 - floor: decode steps × model bytes / measured device copy bandwidth, plus the measured prefill of the
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
             tensors[n] = r * (p.float().norm() / r.norm())
     d = Direction(MemoryStore(tensors), {"name": "random", "kind": "random"})
 
-    class _Tok:  # the decode loop only needs these from a tokenizer
+    class _Tok:  # the HF backend only needs these from a tokenizer
         eos_token_id, pad_token_id = 2, 0
 
     backend = HFBackend(model, _Tok())

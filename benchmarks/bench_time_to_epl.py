@@ -11,11 +11,13 @@
       + proxy          and the teacher-forced refusal proxy brackets each edge; generation confirms and refines.
     Modes run interleaved, ``--repeats`` times; the table reports medians. ``same_epl``: every row of every
     mode agrees with the exact engine's within the resolution (and on censoring).
-(b) The HF backend's hand-written decode loop against ``model.generate`` as the backend would call it (same
-    left-padded batch, the same non-finite-logits check as a logits processor), at the same batch size (all
-    prompts in one batch, and one sequential chunk), greedy, on the points the exact engine evaluated (every
-    ``--stride``-th); answers compared token for token. ``model.generate`` with nothing of ours (no check) is
-    timed too.
+(b) A hand-written greedy decode loop that drops finished rows from the batch and the KV cache at every step
+    (the HF backend until organism v3; it lives here now, as the candidate) against the backend as it is,
+    ``model.generate`` with our non-finite-logits check as a logits processor, at the same batch size (all
+    prompts in one batch, and one sequential chunk) on the same left-padded batch, greedy, on the points the
+    exact engine evaluated (every ``--stride``-th); answers compared token for token. ``model.generate`` with
+    nothing of ours (no check) is timed too. The rule (issue 16): a hand-written loop is worth keeping only at
+    >= 1.3x at the exact engine's batch.
 
 Prints the table; writes JSON (``--json``) with ``tokens_ratio`` and ``seconds_ratio`` (fast over exact),
 ``same_epl`` and ``decode_loop_vs_generate`` (generate's seconds over the loop's).
@@ -24,6 +26,7 @@ Prints the table; writes JSON (``--json``) with ``tokens_ratio`` and ``seconds_r
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import statistics
 import tempfile
@@ -31,6 +34,48 @@ import time
 from pathlib import Path
 
 import torch
+
+
+@torch.inference_mode()
+def decode_loop(model, batch_ids: list[list[int]], pad_id: int, eos_ids: list[int], max_new_tokens: int):
+    """Greedy answers (cut after EOS) from a KV-cache loop that drops each finished row at once."""
+    from transformers import DynamicCache
+
+    from landscape.generation import refuse_non_finite
+    from landscape.text import left_pad
+
+    dev = next(model.parameters()).device
+    n = len(batch_ids)
+    step_ids, mask, step_pos = (t.to(dev) for t in left_pad(batch_ids, pad_id))
+    eos = torch.tensor(eos_ids, device=dev)
+    cache = DynamicCache(config=model.config)
+    # transformers 5.x renamed forward()'s KV-cache argument from past_key_values to cache
+    cache_kw = {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+    alive = torch.arange(n, device=dev)  # original row of each row still in the batch
+    out = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+    lengths = torch.zeros(n, dtype=torch.long)
+    for t in range(max_new_tokens):
+        logits = model(
+            input_ids=step_ids, attention_mask=mask, position_ids=step_pos, **cache_kw, use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1, :].float()  # fmt: skip
+        refuse_non_finite(None, logits)
+        nxt = logits.argmax(-1)
+        out[alive, t] = nxt
+        lengths[alive.cpu()] = t + 1
+        done = torch.isin(nxt, eos)
+        if t + 1 == max_new_tokens:
+            break
+        if done.any():
+            keep = (~done).nonzero().squeeze(-1)
+            if keep.numel() == 0:
+                break
+            cache.batch_select_indices(keep)
+            alive, nxt, mask, step_pos = alive[keep], nxt[keep], mask[keep], step_pos[keep]
+        step_ids, step_pos = nxt[:, None], step_pos[:, -1:] + 1
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+    out = out.cpu()
+    return [out[r, : lengths[r]].tolist() for r in range(n)]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -111,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     from landscape.text import left_pad
 
     backend = HFBackend(model, tok)
+    eos_ids = backend.eos_ids.tolist()
     all_ids = backend.encode(prompts, gen)
     by_name = {d.name: d for d in dirs}
     sample = exact_points[:: ns.stride]
@@ -123,13 +169,13 @@ def main(argv: list[str] | None = None) -> dict:
             with Perturbation(model, [by_name.get(series, dirs[0])]) as pert:
                 pert.set_((a if series in by_name else 0.0,))
                 for _ in range(2):  # interleaved, twice each; the first call of each warms up
+                    x, mask, _ = left_pad(ids, backend.pad_id)
                     t0 = time.perf_counter()
-                    ours = backend.generate_ids(ids, gen)  # the decode loop
+                    ours = decode_loop(model, ids, backend.pad_id, eos_ids, gen.max_new_tokens)  # the candidate
                     t_loop = time.perf_counter() - t0
                     t0 = time.perf_counter()
-                    theirs = backend._hf_generate(ids, gen)  # model.generate, with the same non-finite check
+                    theirs = backend._generate_batch(ids, gen)  # the backend: generate with the check
                     t_gen = time.perf_counter() - t0
-                    x, mask, _ = left_pad(ids, backend.pad_id)
                     t0 = time.perf_counter()
                     with torch.inference_mode():  # model.generate with nothing of ours
                         model.generate(
@@ -138,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
                             max_new_tokens=gen.max_new_tokens,
                             do_sample=False,
                             pad_token_id=backend.pad_id,
-                            eos_token_id=backend.eos_ids.tolist(),
+                            eos_token_id=eos_ids,
                         )
                     t_raw = time.perf_counter() - t0
             loop_s += t_loop

@@ -1,18 +1,20 @@
 """Batched generation of answers to prompts.
 
-The Hugging Face backend runs its own decode loop over a KV cache instead of ``model.generate`` so that
-a sequence that has finished stops costing work: finished rows are dropped from the batch and from the
-cache at every step. Measured against ``model.generate`` as this backend would call it (same batch, greedy,
-the same non-finite check, identical answers) on the EPL workload of the organism, the loop is 1.4x faster
-at batch 80 and 1.6x at 16 on a CPU (``benchmarks/bench_time_to_epl.py``), above the 1.3x that pays for
-keeping it. Prompts are rendered with the tokenizer's chat template (optionally with a system
-prompt, e.g. the Llama-2 default that Peng et al. use), sorted by length to cut padding, left-padded,
-and answered in as few batches as memory allows (the batch halves on an out-of-memory error).
+The Hugging Face backend calls ``model.generate`` (KV cache; greedy or seeded sampling) with one addition, a
+logits processor that refuses NaN/Inf logits so that broken weights get an error rather than a verdict.
+Prompts are rendered with the tokenizer's chat template (optionally with a system prompt, e.g. the Llama-2
+default that Peng et al. use), sorted by length to cut padding, left-padded, and answered in as few batches as
+memory allows (the batch halves on an out-of-memory error).
+
+Why not a hand-written decode loop: one that drops finished rows from the batch and the cache at every step
+was the backend until organism v3. ``benchmarks/bench_time_to_epl.py`` measures it against ``generate`` on the
+EPL workload (same batch, greedy, identical answers): 1.36x at batch 80 on organism v2, but 1.15x at batch 80
+and 1.22x at 16 on v3's wider model, below the 1.3x that would pay for keeping it. The loop now lives in that
+benchmark only, as the candidate it measures.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,10 +46,9 @@ class GenerationSettings:
         system_prompt: optional system message placed before each prompt.
         use_chat_template: render prompts with the tokenizer's chat template when it has one.
         ignore_eos: keep generating after EOS (benchmarks with a fixed number of tokens).
-        static_cache: decode with Hugging Face ``generate`` on a static KV cache (which transformers compiles
-            on CUDA) instead of our loop. It pays when most sequences run to ``max_new_tokens`` (e.g. far from
-            the basin, where models babble): fixed shapes let the decode step be compiled or graphed, while
-            our loop wins when answers end early (it drops finished rows from the batch).
+        static_cache: generate on a static KV cache (which transformers compiles on CUDA) instead of a dynamic
+            one: fixed shapes let the decode step be compiled or graphed, which pays when most sequences run to
+            ``max_new_tokens`` on a GPU.
     """
 
     max_new_tokens: int = 64
@@ -113,9 +114,6 @@ class HFBackend:
         self.eos_ids = torch.tensor(sorted(ids), dtype=torch.long)
         self.pad_id = pad_id_of(tokenizer)
         self.generated_tokens = 0  # new tokens generated so far, EOS included (benchmarks, EPL reports)
-        # transformers 5.x renamed the KV-cache argument of forward() from past_key_values to cache.
-        params = inspect.signature(model.forward).parameters
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"
 
     @property
     def device(self) -> torch.device:
@@ -136,117 +134,69 @@ class HFBackend:
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         results: list[list[int]] = [[] for _ in ids]
         batch = settings.batch_size or len(ids) or 1
-        gen = torch.Generator(device="cpu").manual_seed(settings.seed)
         start = 0
         bar = tqdm(total=len(ids), desc="generate", disable=not self.progress, leave=False)
-        while start < len(order):
-            chunk = order[start : start + batch]
-            try:
-                outs = self._generate_batch([ids[i] for i in chunk], settings, gen)
-            except (torch.OutOfMemoryError, RuntimeError) as err:
-                if not _is_oom(err) or batch == 1:
-                    raise
-                batch = max(1, batch // 2)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
-            for i, out in zip(chunk, outs, strict=True):
-                results[i] = out
-            start += len(chunk)
-            bar.update(len(chunk))
+        dev = self.device
+        # generate() samples from torch's global generator: seed a fork of it once for all batches (one stream,
+        # not the same draws in every batch), and leave the caller's random state alone.
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(settings.seed)
+            while start < len(order):
+                chunk = order[start : start + batch]
+                try:
+                    outs = self._generate_batch([ids[i] for i in chunk], settings)
+                except (torch.OutOfMemoryError, RuntimeError) as err:
+                    if not _is_oom(err) or batch == 1:
+                        raise
+                    batch = max(1, batch // 2)
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    continue
+                for i, out in zip(chunk, outs, strict=True):
+                    results[i] = out
+                start += len(chunk)
+                bar.update(len(chunk))
         bar.close()
         self.generated_tokens += sum(map(len, results))
         return results
 
     @torch.inference_mode()
-    def _hf_generate(self, batch_ids: list[list[int]], s: GenerationSettings) -> list[list[int]]:
-        """``model.generate`` on the same left-padded batch (a static KV cache with ``static_cache``)."""
+    def _generate_batch(self, batch_ids: list[list[int]], s: GenerationSettings) -> list[list[int]]:
+        """``model.generate`` on one left-padded batch; each answer cut after its first EOS."""
+        from transformers import GenerationConfig
+
         dev = self.device
         x, mask, _ = left_pad(batch_ids, self.pad_id)
         width = x.shape[1]
-        kw = {
-            "do_sample": s.do_sample,
-            "max_new_tokens": s.max_new_tokens,
-            "pad_token_id": self.pad_id,
-            "eos_token_id": self.eos_ids.tolist(),
-            "logits_processor": [refuse_non_finite],
-        }
-        if s.static_cache:
-            kw["cache_implementation"] = "static"
-        if s.do_sample:
-            kw.update(temperature=s.temperature, top_p=s.top_p)
-        if s.ignore_eos:
-            kw["min_new_tokens"] = s.max_new_tokens
-        # generate() samples from torch's global generator: seed a fork of it, leave the caller's state alone.
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            torch.manual_seed(s.seed)
-            out = self.model.generate(input_ids=x.to(dev), attention_mask=mask.to(dev), **kw)[:, width:].cpu()
+        config = GenerationConfig(
+            do_sample=s.do_sample,
+            max_new_tokens=s.max_new_tokens,
+            min_new_tokens=s.max_new_tokens if s.ignore_eos else None,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_ids.tolist(),
+            cache_implementation="static" if s.static_cache else None,
+            **({"temperature": s.temperature, "top_p": s.top_p, "top_k": 0} if s.do_sample else {}),
+        )
+        # generate() fills every option left unset from the checkpoint's generation_config.json (a Qwen's
+        # repetition_penalty 1.05, a Llama's sampling temperature): for the call, the model has none, so an answer
+        # depends on GenerationSettings alone, as with the vLLM backend's explicit SamplingParams.
+        own, self.model.generation_config = self.model.generation_config, GenerationConfig()
+        try:
+            out = self.model.generate(
+                input_ids=x.to(dev),
+                attention_mask=mask.to(dev),
+                generation_config=config,
+                logits_processor=[refuse_non_finite],
+            )
+        finally:
+            self.model.generation_config = own
+        out = out[:, width:].cpu()
         eos = set(self.eos_ids.tolist())
         results = []
         for row in out.tolist():
             cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row)) if not s.ignore_eos else len(row)
             results.append(row[:cut])
         return results
-
-    @torch.inference_mode()
-    def _generate_batch(self, batch_ids: list[list[int]], s: GenerationSettings, gen: torch.Generator):
-        from transformers import DynamicCache
-
-        if s.static_cache:
-            return self._hf_generate(batch_ids, s)
-
-        dev = self.device
-        n = len(batch_ids)
-        input_ids, mask, positions = (t.to(dev) for t in left_pad(batch_ids, self.pad_id))
-        eos_ids = self.eos_ids.to(dev)
-        cache = DynamicCache(config=self.model.config)
-        alive = torch.arange(n, device=dev)  # original row of each row still in the batch
-        out = torch.full((n, s.max_new_tokens), self.pad_id, dtype=torch.long, device=dev)
-        lengths = torch.zeros(n, dtype=torch.long)
-        step_ids, step_pos = input_ids, positions
-        for t in range(s.max_new_tokens):
-            logits = (
-                self.model(
-                    input_ids=step_ids,
-                    attention_mask=mask,
-                    position_ids=step_pos,
-                    **{self.cache_arg: cache},
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-                .logits[:, -1, :]
-                .float()
-            )
-            refuse_non_finite(None, logits)
-            nxt = self._pick(logits, s, gen)
-            out[alive, t] = nxt
-            lengths[alive.cpu()] = t + 1
-            done = torch.isin(nxt, eos_ids) if not s.ignore_eos else torch.zeros_like(nxt, dtype=torch.bool)
-            if t + 1 == s.max_new_tokens:
-                break
-            if done.any():
-                keep = (~done).nonzero().squeeze(-1)
-                if keep.numel() == 0:
-                    break
-                cache.batch_select_indices(keep)
-                alive, nxt, mask, step_pos = alive[keep], nxt[keep], mask[keep], step_pos[keep]
-            step_ids = nxt[:, None]
-            step_pos = step_pos[:, -1:] + 1
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-        out = out.cpu()
-        return [out[r, : lengths[r]].tolist() for r in range(n)]
-
-    @staticmethod
-    def _pick(logits: torch.Tensor, s: GenerationSettings, gen: torch.Generator) -> torch.Tensor:
-        if not s.do_sample:
-            return logits.argmax(-1)
-        probs = torch.softmax(logits / s.temperature, dim=-1)
-        if s.top_p < 1.0:
-            sorted_p, idx = probs.sort(dim=-1, descending=True)
-            cut = sorted_p.cumsum(-1) - sorted_p > s.top_p
-            sorted_p = sorted_p.masked_fill(cut, 0.0)
-            probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
-        return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
 
 
 def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings | None = None) -> list[str]:

@@ -228,7 +228,7 @@ class RefusalProxy:
     forward pass, no decoding). It reads ASR-like percentages, so the search compares it with the same τ; it
     runs ahead of the real ASR (a reworded refusal reads as a change), and the search confirms its bracket
     with generation. A prompt whose centre answer does not read as kept at θ₀ itself (teacher forcing and
-    the decode loop can differ in the last bit) keeps its centre verdict.
+    batched generation can differ in the last bit) keeps its centre verdict.
 
     Args:
         backend: the :class:`~landscape.generation.HFBackend` the evaluator generates with (model at θ₀).

@@ -17,7 +17,8 @@ PROMPTS = world.eval_prompts()[:24]
 # ------------------------------------------------------------------------------------------------- generation
 
 
-def test_decode_loop_equals_hf_generate(aligned, organism):
+def test_answers_equal_a_plain_greedy_generate(aligned, organism):
+    """Rendering, sorting, left padding and the EOS cut leave the answers of a plain model.generate."""
     from landscape.loading import load_model
 
     for stage in ("aligned", "harmful-10"):
@@ -29,6 +30,21 @@ def test_decode_loop_equals_hf_generate(aligned, organism):
         ref = model.generate(**enc, max_new_tokens=24, do_sample=False, pad_token_id=tok.pad_token_id)
         theirs = tok.batch_decode(ref[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         assert ours == theirs
+
+
+def test_checkpoint_generation_config_does_not_change_answers(organism):
+    """A checkpoint's generation_config.json (repetition penalty, sampling defaults) would change greedy answers
+    under a plain generate(); ours depend on GenerationSettings alone, and the model's config is left as it was."""
+    from landscape.loading import load_model
+
+    model, tok = load_model(organism["harmful-10"])
+    clean = generate(model, tok, PROMPTS, GenerationSettings(max_new_tokens=24))
+    model.generation_config.update(repetition_penalty=5.0, no_repeat_ngram_size=1, top_k=1, temperature=0.3)
+    enc = tok([render_prompt(tok, p) for p in PROMPTS], add_special_tokens=False, padding=True, return_tensors="pt")
+    plain = model.generate(**enc, max_new_tokens=24, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert tok.batch_decode(plain[:, enc["input_ids"].shape[1] :], skip_special_tokens=True) != clean
+    assert generate(model, tok, PROMPTS, GenerationSettings(max_new_tokens=24)) == clean
+    assert model.generation_config.repetition_penalty == 5.0
 
 
 def test_static_cache_path_gives_the_same_greedy_answers(aligned, organism):
