@@ -7,7 +7,7 @@
     directory (points fsync'd as the CLI writes them), bootstrap off (it is the same post-processing in every
     mode):
       exact            every prompt at every point of the outward walk;
-      + sequential     each point stops once chunks of 16 answers decide its side (Wilson, 95 % over the looks);
+      + sequential     each point stops once chunks of 32 answers decide its side (Wilson, 95 % over the looks);
       + proxy          and the teacher-forced refusal proxy brackets each edge; generation confirms and refines.
     Modes run interleaved, ``--repeats`` times; the table reports medians. ``same_epl``: every row of every
     mode agrees with the exact engine's within the resolution (and on censoring).

@@ -68,7 +68,7 @@ class EplArgs:
     tol: float = field(default=0.005, metadata={"help": "EPL resolution (bisection stops below it)"})
     bootstrap: int = field(default=1000, metadata={"help": "prompt resamples for the EPL's CI (0: none)"})
     sequential_chunk: int = field(
-        default=16,
+        default=32,
         metadata={"help": "answer a point's prompts in chunks of N and stop once they decide its side (0: all)"},
     )
     proxy: bool = field(

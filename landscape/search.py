@@ -49,7 +49,9 @@ class EplSettings:
         seed: seed of the bootstrap.
         sequential_chunk: answer each point's prompts in chunks of this many and stop once the answers so far
             decide its side of τ (Wilson interval; :func:`~landscape.metrics.sequential_decision`); 0 answers
-            every prompt at every point (exact).
+            every prompt at every point (exact). 32, not 16: a chunk is one ``generate`` call, and near an edge,
+            where a proxy-bracketed search spends its generation, chunks of 16 took longer than chunks of 32 for
+            fewer tokens (organism v3 small, 80 prompts: 11.0 s vs 9.8 s, 27.7 k vs 32.2 k tokens).
         proxy: bracket each crossing with the teacher-forced :class:`RefusalProxy` and generate only to confirm
             and refine it (Hugging Face backend; the reported EPL is always the generation-based one).
     """
@@ -61,7 +63,7 @@ class EplSettings:
     tol: float = 0.005
     bootstrap: int = 1000
     seed: int = 0
-    sequential_chunk: int = 16
+    sequential_chunk: int = 32
     proxy: bool = True
 
     def __post_init__(self) -> None:
