@@ -5,7 +5,7 @@
 (a) seconds per grid point: Peng's loop (CPU fp32 state-dict copy perturbed on the CPU and
     ``load_state_dict`` per point; prompts through a DataLoader with batch size 4, 8 workers and pinned
     memory, rebuilt at every point; HF ``generate``; keyword judge) against ours (in-place perturbation,
-    one batch, our decode loop, cached keyword judge). Same prompts, same max_new_tokens.
+    one batch, the HF backend, cached keyword judge). Same prompts, same max_new_tokens.
 (b) time to EPL at resolution 0.005 on [−0.5, 0.5] for d_aligned, d_harm and one random direction:
     a uniform grid (201 points per direction) against the adaptive search. The uniform grid is run with
     our engine (measured) and its cost under Peng's loop is its point count × Peng's measured s/point.
