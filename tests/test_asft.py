@@ -265,11 +265,11 @@ def test_safe_lora_modes_and_ibms_tie_rule(organism):
 
     anchor = load_anchor(base=str(organism["base"]), aligned=str(organism["aligned"]))
 
-    def fresh():
+    def fresh():  # the same adapter every call: peft draws lora_A from the global RNG
+        torch.manual_seed(0)
         m = get_peft_model(
             load_model(organism["aligned"], with_tokenizer=False), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
         )
-        torch.manual_seed(0)
         with torch.no_grad():
             for n, p in m.named_parameters():
                 if "lora_B" in n:
