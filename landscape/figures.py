@@ -49,7 +49,14 @@ class FigureArgs:
         default=False,
         metadata={
             "help": "recompute the cheap results (Table 1 cosines, Table 7 EPLs) and fail if they differ "
-            "from the committed ones; writes nothing"
+            "from the committed ones (or this kind of CPU's reference in <out>/data/check/); writes nothing"
+        },
+    )
+    record_reference: bool = field(
+        default=False,
+        metadata={
+            "help": "with --check: write the recomputed results as this kind of CPU's reference "
+            "(<out>/data/check/<machine>.json) instead of comparing"
         },
     )
 
@@ -498,22 +505,64 @@ def _compare_table7(old: dict, new: dict) -> list[str]:
 COMPARE = {"table1_cosines": _compare_table1, "table7_epl": _compare_table7}
 
 
+CHECK_DIR = "check"  # <out>/data/check/<machine>.json: the checked results as another kind of CPU computes them
+
+
+def reference_file(out: str | Path, env: dict) -> Path:
+    """Where the check reference of the machine described by ``env`` (:func:`~landscape.results.environment`) lies."""
+    key = f"{env['machine']}-{env['cpu']}-{env['threads']}threads"
+    return Path(out) / "data" / CHECK_DIR / ("".join(c if c.isalnum() or c in "-_." else "-" for c in key) + ".json")
+
+
 def check(args: FigureArgs) -> list[str]:
-    """Recompute the cheap committed results in a scratch directory; returns the differences (empty: all match)."""
+    """Recompute the cheap committed results in a scratch directory; returns the differences (empty: all match).
+
+    Float results depend on the kind of CPU (see :func:`~landscape.results.cpu_kind`), so they are compared like
+    with like: with this machine's reference in ``<out>/data/check/`` when there is one, else with the committed
+    data. ``args.record_reference`` writes the reference instead of comparing."""
     import tempfile
 
+    from .io import atomic_write_json
+    from .results import environment
+
     out = Path(args.out)
-    problems = []
+    env = environment("cpu", "torch.float32")
+    ref_file = reference_file(out, env)
+    reference = json.loads(ref_file.read_text()) if ref_file.is_file() and not args.record_reference else None
+    problems, recomputed = [], {"environment": env, "seed": args.seeds[0]}
     with tempfile.TemporaryDirectory(prefix="figures-check-") as tmp:
         ctx = Context(FigureArgs(**{**args.__dict__, "out": tmp, "check": False, "seeds": args.seeds[:1]}))
         for name in CHECKED:
             data_file = out / "data" / f"{name}.json"
-            if not data_file.is_file():
+            if reference is None and not data_file.is_file():
                 problems.append(f"{name}: {data_file} is missing")
                 continue
-            committed = json.loads(data_file.read_text())
-            problems += COMPARE[name](committed, FIGURES[name][0](ctx))
+            recomputed[name] = FIGURES[name][0](ctx)
+            if args.record_reference:
+                continue
+            committed = json.loads(data_file.read_text()) if reference is None else reference.get(name)
+            if committed is None:
+                problems.append(f"{name}: not in {ref_file}")
+                continue
+            problems += COMPARE[name](committed, recomputed[name])
+    if args.record_reference and not problems:
+        atomic_write_json(ref_file, recomputed)
     return problems
+
+
+def _compared_with(args: FigureArgs, env: dict) -> str:
+    ref = reference_file(args.out, env)
+    if ref.is_file():
+        return f"compared with this kind of CPU's reference {ref}"
+    try:
+        made_on = json.loads((Path(args.out) / "data" / f"{CHECKED[0]}.json").read_text()).get("environment", {})
+    except (OSError, ValueError):
+        made_on = {}
+    return (
+        f"compared with the committed data (made on CPU {made_on.get('cpu', 'not recorded')!r}, "
+        f"{made_on.get('threads')} threads); this machine ({env['cpu']!r}, {env['threads']} threads) has no "
+        f"reference {ref}, and another kind of CPU trains another organism (figures/README.md)"
+    )
 
 
 def run(args: FigureArgs) -> dict[str, list[Path]]:
@@ -524,11 +573,20 @@ def run(args: FigureArgs) -> dict[str, list[Path]]:
     from .io import atomic_write_json
     from .results import environment
 
+    if args.record_reference and not args.check:
+        raise ValueError("--record_reference goes with --check")
     if args.check:
+        env = environment("cpu", "torch.float32")
         problems = check(args)
         if problems:
-            raise ValueError(f"{len(problems)} committed result(s) do not reproduce:\n  " + "\n  ".join(problems))
-        return {"checked": [Path(args.out) / "data" / f"{name}.json" for name in CHECKED]}
+            raise ValueError(
+                f"{len(problems)} committed result(s) do not reproduce ({_compared_with(args, env)}):\n  "
+                + "\n  ".join(problems)
+            )
+        ref = reference_file(args.out, env)
+        if args.record_reference:
+            return {"recorded": [ref]}
+        return {"checked": [ref] if ref.is_file() else [Path(args.out) / "data" / f"{n}.json" for n in CHECKED]}
     figures = figure_providers()
     names = args.only or list(figures)
     unknown = [n for n in names if n not in figures]
@@ -555,6 +613,9 @@ def run(args: FigureArgs) -> dict[str, list[Path]]:
 def _print(written: dict[str, list[Path]]) -> None:
     if "checked" in written:
         print("check passed: " + ", ".join(str(p) for p in written["checked"]) + " reproduce")
+        return
+    if "recorded" in written:
+        print(f"check reference of this kind of CPU written: {written['recorded'][0]}")
         return
     for name, paths in written.items():
         print(f"{name}: " + ", ".join(str(p) for p in paths))

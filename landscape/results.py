@@ -23,9 +23,29 @@ RUN_FILE = "run.json"
 POINTS_GLOB = "points*.jsonl"
 
 
+def cpu_kind() -> str:
+    """The CPU's vendor and the instruction set torch's kernels dispatch to (e.g. ``AuthenticAMD AVX2``).
+
+    Both change float results: torch picks AVX2 or AVX-512 kernels, and its BLAS picks code paths by vendor and
+    instruction set, so the same seed trains a different model on another kind of CPU (the organism's Table 7
+    moved by up to 0.25 in α between two x86-64 machines with 2 threads each)."""
+    import platform
+
+    import torch
+
+    vendor = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            vendor = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("vendor_id")), vendor)
+    except OSError:
+        pass
+    return f"{vendor} {torch.backends.cpu.get_cpu_capability()}"
+
+
 def environment(device: str | None = None, dtype: str | None = None) -> dict:
-    """What the numbers depend on besides the inputs: library versions, device, dtype and the CPU thread count
-    (float reduction order: results are reproducible on the same machine with the same thread count)."""
+    """What the numbers depend on besides the inputs: library versions, device, dtype, the kind of CPU and its
+    thread count (float reduction order: results are reproducible on the same kind of machine with the same
+    thread count, not across them)."""
     import platform
 
     import torch
@@ -39,6 +59,7 @@ def environment(device: str | None = None, dtype: str | None = None) -> dict:
         "dtype": dtype,
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
+        "cpu": cpu_kind(),
     }
 
 

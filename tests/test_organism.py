@@ -71,7 +71,7 @@ def test_cache_is_reused(organism, organism_cache):
 def test_killed_build_leaves_no_false_checkpoint(organism, tmp_path):
     code = (
         "from landscape.organism import build_organism; "
-        f"build_organism('tiny', seed=0, cache_dir={str(tmp_path)!r}, progress=False)"
+        f"build_organism('tiny', seed=0, cache_dir={str(tmp_path)!r}, stages=['aligned'], progress=False)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONUNBUFFERED": "1"})
     from landscape.organism.build import organism_dir
@@ -87,7 +87,9 @@ def test_killed_build_leaves_no_false_checkpoint(organism, tmp_path):
     assert finished, f"the first stage should have been finished before the kill (exit code {proc.returncode})"
     for d in finished:
         assert (d / "stage.json").is_file() and (d / "model.safetensors").is_file()
-    rebuilt = build_organism("tiny", seed=0, cache_dir=tmp_path, progress=False)
+    # base survived the kill and is reused; aligned, killed halfway, is trained again from it
+    rebuilt = build_organism("tiny", seed=0, cache_dir=tmp_path, stages=["aligned"], progress=False)
+    assert list(rebuilt.stages) == ["base", "aligned"]
     for stage, path in rebuilt.stages.items():
         assert _hashes(path) == _hashes(organism[stage]), stage
 

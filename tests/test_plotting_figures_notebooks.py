@@ -94,7 +94,8 @@ def test_plotly_figures_hover_and_html(tmp_path):
 
 
 def test_figures_cli_regenerates_from_scratch_quick(organism_cache, tmp_path, capsys):
-    from landscape.figures import figure_providers, main
+    from landscape.figures import figure_providers, main, reference_file
+    from landscape.results import cpu_kind, environment
 
     out = tmp_path / "figs"
     base = ["--out", str(out), "--quick", "--cache-dir", str(organism_cache), "--no-html"]
@@ -133,6 +134,22 @@ def test_figures_cli_regenerates_from_scratch_quick(organism_cache, tmp_path, ca
     assert "2 committed result(s) do not reproduce" in err
     assert "table1_cosines: seed 0 cos(d_aligned, d_harm N=10)" in err and "table7_epl: tiny seed 0 oracle" in err
     assert "judge_agreement" in t7["convention"] or "nearer edge" in t7["convention"]
+    assert "compared with the committed data" in err and t7["environment"]["cpu"] == cpu_kind()
+    # Another kind of CPU trains another organism: it is checked against its own reference, recorded once.
+    assert main(base + ["--record_reference"]) == 2
+    assert "--record_reference goes with --check" in capsys.readouterr().err
+    assert main(base + ["--check", "--record_reference"]) == 0
+    ref = reference_file(out, environment("cpu", "torch.float32"))
+    assert ref.parent == out / "data" / "check" and cpu_kind().split()[-1] in ref.name
+    stored = json.loads(ref.read_text())
+    assert stored["environment"]["cpu"] == cpu_kind() and set(stored) >= {"table1_cosines", "table7_epl"}
+    assert main(base + ["--check"]) == 0  # the committed data above were altered; this machine's reference was not
+    assert str(ref) in capsys.readouterr().out
+    stored["table7_epl"]["models"]["tiny"]["seeds"]["0"]["keyword"][2]["epl"] += 0.05
+    ref.write_text(json.dumps(stored))
+    assert main(base + ["--check"]) == 2
+    err = capsys.readouterr().err
+    assert "1 committed result(s) do not reproduce (compared with this kind of CPU's reference" in err
 
 
 def test_committed_figures_data_is_complete():
