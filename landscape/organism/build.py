@@ -154,8 +154,8 @@ def build_organism(
     """Build (or reuse) the organism's checkpoints and exported data.
 
     Args:
-        preset: "tiny" (tests, <= 30 s), "small" (default, <= 2 min) or "medium".
-        seed: training seed; same seed, bit-identical checkpoints on CPU.
+        preset: "tiny" (tests, about 60 s with its judges on 2 cores), "small" (default, 2 to 4 min) or "medium".
+        seed: training seed; same seed, bit-identical checkpoints on the same kind of CPU and thread count.
         cache_dir: cache root; default :func:`default_cache_dir`.
         stages: build only these stages (and the stages they start from); default all.
         progress: show tqdm bars while training.
