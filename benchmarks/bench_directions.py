@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from landscape.io import atomic_write_json
+
 METHODS = {
     "read": """
 from landscape.tensors import open_store
@@ -173,8 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
         "date": time.strftime("%Y-%m-%d"),
         "machine": os.uname().machine,
     }
-    Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(ns.json).write_text(json.dumps(report, indent=2))
+    atomic_write_json(ns.json, report)
     return report
 
 

@@ -20,11 +20,11 @@ Goals (issue 7): ours ≥ 100× the Peng-style loop and ≤ 1.5× the floor. Pri
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
+
+from landscape.io import atomic_write_json
 
 CONFIGS = {
     "llama2-7b": dict(
@@ -178,8 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"ours vs Peng-style: {report['speedup_vs_peng']:.1f}x faster (goal >= 100x); "
         f"ours / floor = {report['ratio_to_floor']:.2f} (goal <= 1.5)"
     )
-    Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(ns.json).write_text(json.dumps(report, indent=2))
+    atomic_write_json(ns.json, report)
     return report
 
 

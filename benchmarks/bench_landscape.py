@@ -18,7 +18,6 @@ Prints a table; writes JSON (``--json``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from landscape.io import atomic_write_json
 
 
 def peng_point(model, tok, orig_sd, direction, alpha, prompts, max_new_tokens, judge):
@@ -220,8 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if "d_cold_epl_seconds" in report:
         print(f"(d) python -m landscape.epl from a cold cache: {report['d_cold_epl_seconds']:.1f} s")
-    Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(ns.json).write_text(json.dumps(report, indent=2, default=float))
+    atomic_write_json(ns.json, report, default=float)
     return report
 
 

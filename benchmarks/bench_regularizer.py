@@ -20,7 +20,8 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from landscape.io import atomic_write_json
 
 ONE = """
 import json, time, torch
@@ -185,8 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{k:<24} {s['plain']:8.3f} {s['reg_ours']:8.4f} {100 * s['share_ours']:6.1f}% {s['reg_naive']:9.3f} "
             f"{100 * s['share_naive']:6.1f}%"
         )
-    Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(ns.json).write_text(json.dumps(report, indent=2))
+    atomic_write_json(ns.json, report)
     return report
 
 

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from landscape.io import atomic_write_json
+
 
 @torch.inference_mode()
 def decode_loop(model, batch_ids: list[list[int]], pad_id: int, eos_ids: list[int], max_new_tokens: int):
@@ -253,8 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{dl['generate_without_check_seconds']:.2f} s -> {dl['speedup_vs_generate_without_check']:.2f}x"
         )
     print(f"keep the loop (>= 1.3x at the exact engine's batch): {report['decode_loop_vs_generate']['keep_loop']}")
-    Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(ns.json).write_text(json.dumps(report, indent=2, default=float))
+    atomic_write_json(ns.json, report, default=float)
     return report
 
 

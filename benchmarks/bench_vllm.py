@@ -13,10 +13,11 @@ point. Prints a table and writes JSON with the environment (versions, threads, d
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from datetime import date
 from pathlib import Path
+
+from landscape.io import atomic_write_json
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -94,9 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'hf':<8} {hf_s:17.3f} {'-':>10}")
     print(f"{'vllm':<8} {vl_s:17.3f} {startup:10.1f}")
     print(f"vLLM / HF time per point: {vl_s / hf_s:.2f}x; identical answers at all {len(rows)} points: {all(same)}")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.json, result)
     return result
 
 

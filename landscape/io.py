@@ -32,8 +32,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+def atomic_write_json(path: str | Path, obj: Any, default=str) -> Path:
+    """``obj`` as indented JSON, atomically; ``default`` converts what JSON cannot hold (numpy floats: ``float``)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=default) + "\n")
 
 
 def sha256_text(items: list[str]) -> str:
