@@ -528,7 +528,14 @@ def check(args: FigureArgs) -> list[str]:
     out = Path(args.out)
     env = environment("cpu", "torch.float32")
     ref_file = reference_file(out, env)
-    reference = json.loads(ref_file.read_text()) if ref_file.is_file() and not args.record_reference else None
+    reference = None
+    if ref_file.is_file() and not args.record_reference:
+        try:
+            reference = json.loads(ref_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{ref_file}: not a check reference (not valid JSON: {e})") from None
+        if not isinstance(reference, dict):
+            raise ValueError(f"{ref_file}: not a check reference (a JSON {type(reference).__name__})")
     problems, recomputed = [], {"environment": env, "seed": args.seeds[0]}
     with tempfile.TemporaryDirectory(prefix="figures-check-") as tmp:
         ctx = Context(FigureArgs(**{**args.__dict__, "out": tmp, "check": False, "seeds": args.seeds[:1]}))

@@ -150,6 +150,9 @@ def test_figures_cli_regenerates_from_scratch_quick(organism_cache, tmp_path, ca
     assert main(base + ["--check"]) == 2
     err = capsys.readouterr().err
     assert "1 committed result(s) do not reproduce (compared with this kind of CPU's reference" in err
+    ref.write_text('{"table1_cosines": ')  # a reference cut short: an error naming it, not a comparison
+    assert main(base + ["--check"]) == 2
+    assert f"{ref}: not a check reference (not valid JSON" in capsys.readouterr().err
 
 
 def test_committed_figures_data_is_complete():
