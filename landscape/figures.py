@@ -514,12 +514,17 @@ def reference_file(out: str | Path, env: dict) -> Path:
     return Path(out) / "data" / CHECK_DIR / ("".join(c if c.isalnum() or c in "-_." else "-" for c in key) + ".json")
 
 
-def check(args: FigureArgs) -> list[str]:
-    """Recompute the cheap committed results in a scratch directory; returns the differences (empty: all match).
+def check(args: FigureArgs) -> tuple[list[str], str, list[Path]]:
+    """Recompute the cheap committed results in a scratch directory.
 
     Float results depend on the kind of CPU (see :func:`~landscape.results.cpu_kind`), so they are compared like
     with like: with this machine's reference in ``<out>/data/check/`` when there is one, else with the committed
-    data. ``args.record_reference`` writes the reference instead of comparing."""
+    data. ``args.record_reference`` writes the reference instead of comparing.
+
+    Returns:
+        The differences (empty: all match), what they were compared with (for the error), and the files that
+        were compared with (or the reference written).
+    """
     import tempfile
 
     from .io import atomic_write_json
@@ -536,7 +541,7 @@ def check(args: FigureArgs) -> list[str]:
             raise ValueError(f"{ref_file}: not a check reference (not valid JSON: {e})") from None
         if not isinstance(reference, dict):
             raise ValueError(f"{ref_file}: not a check reference (a JSON {type(reference).__name__})")
-    problems, recomputed = [], {"environment": env, "seed": args.seeds[0]}
+    problems, recomputed, made_on = [], {"environment": env, "seed": args.seeds[0]}, {}
     with tempfile.TemporaryDirectory(prefix="figures-check-") as tmp:
         ctx = Context(FigureArgs(**{**args.__dict__, "out": tmp, "check": False, "seeds": args.seeds[:1]}))
         for name in CHECKED:
@@ -551,25 +556,20 @@ def check(args: FigureArgs) -> list[str]:
             if committed is None:
                 problems.append(f"{name}: not in {ref_file}")
                 continue
+            made_on = made_on or committed.get("environment", {})
             problems += COMPARE[name](committed, recomputed[name])
-    if args.record_reference and not problems:
-        atomic_write_json(ref_file, recomputed)
-    return problems
-
-
-def _compared_with(args: FigureArgs, env: dict) -> str:
-    ref = reference_file(args.out, env)
-    if ref.is_file():
-        return f"compared with this kind of CPU's reference {ref}"
-    try:
-        made_on = json.loads((Path(args.out) / "data" / f"{CHECKED[0]}.json").read_text()).get("environment", {})
-    except (OSError, ValueError):
-        made_on = {}
-    return (
+    if args.record_reference:
+        if not problems:
+            atomic_write_json(ref_file, recomputed)
+        return problems, "recording this kind of CPU's reference", [ref_file]
+    if reference is not None:
+        return problems, f"compared with this kind of CPU's reference {ref_file}", [ref_file]
+    basis = (
         f"compared with the committed data (made on CPU {made_on.get('cpu', 'not recorded')!r}, "
         f"{made_on.get('threads')} threads); this machine ({env['cpu']!r}, {env['threads']} threads) has no "
-        f"reference {ref}, and another kind of CPU trains another organism (figures/README.md)"
+        f"reference {ref_file}, and another kind of CPU trains another organism (figures/README.md)"
     )
+    return problems, basis, [out / "data" / f"{name}.json" for name in CHECKED]
 
 
 def run(args: FigureArgs) -> dict[str, list[Path]]:
@@ -583,17 +583,12 @@ def run(args: FigureArgs) -> dict[str, list[Path]]:
     if args.record_reference and not args.check:
         raise ValueError("--record_reference goes with --check")
     if args.check:
-        env = environment("cpu", "torch.float32")
-        problems = check(args)
+        problems, basis, files = check(args)
         if problems:
             raise ValueError(
-                f"{len(problems)} committed result(s) do not reproduce ({_compared_with(args, env)}):\n  "
-                + "\n  ".join(problems)
+                f"{len(problems)} committed result(s) do not reproduce ({basis}):\n  " + "\n  ".join(problems)
             )
-        ref = reference_file(args.out, env)
-        if args.record_reference:
-            return {"recorded": [ref]}
-        return {"checked": [ref] if ref.is_file() else [Path(args.out) / "data" / f"{n}.json" for n in CHECKED]}
+        return {"recorded" if args.record_reference else "checked": files}
     figures = figure_providers()
     names = args.only or list(figures)
     unknown = [n for n in names if n not in figures]
