@@ -212,6 +212,9 @@ def open_store(obj) -> TensorStore:
         p = Path(obj)
         if not p.exists():
             raise FileNotFoundError(f"Checkpoint {str(p)!r} does not exist")
+        from .gguf import resolve_checkpoint
+
+        p = resolve_checkpoint(p)
         if p.is_dir() and not any(p.glob("*.safetensors")) and any(p.glob("pytorch_model*.bin")):
             return TorchBinStore(p)
         return SafetensorsStore(p)
@@ -408,8 +411,99 @@ def _tensor_seed(name: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
+BLOCK = 1 << 20  # elements: tensors above this are drawn (and perturbed) in blocks of whole rows
+
+
+def blocks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Element ranges ``[start, stop)`` of a flattened tensor of ``shape``: the whole tensor up to :data:`BLOCK`
+    elements, else blocks of whole rows of at most :data:`BLOCK` elements (one row when a row is larger).
+
+    Seeded Gaussian tensors are drawn block by block and the perturbation computes θ₀ + Σ cᵢ·dᵢ block by block,
+    so neither needs more than one block of scratch memory; tensors of the model organism are single blocks."""
+    n = _numel(shape)
+    if n <= BLOCK:
+        return [(0, n)]
+    row = n // shape[0] if shape and shape[0] else n
+    step = max(1, BLOCK // max(row, 1)) * row
+    return [(s, min(s + step, n)) for s in range(0, n, step)]
+
+
+def gaussian_block(name: str, shape: tuple[int, ...], seed: int, k: int, out: torch.Tensor) -> torch.Tensor:
+    """Fill ``out`` (1-D, float32, on any device) with block ``k`` of :func:`gaussian_tensor` drawn by ``out``'s own
+    device's generator: on the CPU these are exactly the elements of the stored tensor; a CUDA generator draws
+    other numbers from the same seeds (the run records where its random directions were drawn)."""
+    parts = blocks(shape)
+    key = name if len(parts) == 1 else f"{name}#{k}"
+    g = torch.Generator(device=out.device).manual_seed(_tensor_seed(key, seed))
+    return torch.randn(out.numel(), generator=g, dtype=torch.float32, device=out.device, out=out)
+
+
 def gaussian_tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """N(0, 1) tensor for parameter ``name``: drawn on the CPU from a generator seeded by (seed, name),
-    so a direction does not depend on the device or on the order tensors are visited in."""
-    g = torch.Generator(device="cpu").manual_seed(_tensor_seed(name, seed))
-    return torch.randn(shape, generator=g, dtype=torch.float32)
+    """N(0, 1) tensor for parameter ``name``: drawn on the CPU from a generator seeded by (seed, name), block by
+    block for tensors above :data:`BLOCK` elements (each block from (seed, name, block)), so a direction does not
+    depend on the device or on the order tensors are visited in."""
+    flat = torch.empty(_numel(shape), dtype=torch.float32)
+    for k, (a, b) in enumerate(blocks(shape)):
+        gaussian_block(name, shape, seed, k, flat[a:b])
+    return flat.reshape(shape)
+
+
+class RandomStore:
+    """A seeded Gaussian direction that is drawn when a tensor is asked for: it costs no memory, and the
+    perturbation can draw it again on the device instead of storing it (:class:`~landscape.perturb.Perturbation`).
+
+    Args:
+        shapes: tensor name -> shape.
+        seed: the direction's seed.
+        origin: where the shapes came from.
+    """
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], seed: int, origin: str):
+        self.shapes = {n: tuple(s) for n, s in shapes.items()}
+        self.seed = int(seed)
+        self.origin = origin
+
+    def keys(self) -> list[str]:
+        return list(self.shapes)
+
+    def get(self, name: str) -> torch.Tensor:
+        return gaussian_tensor(name, self.shape(name), self.seed)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name not in self.shapes:
+            raise KeyError(f"{self.origin}: no tensor {name!r}")
+        return self.shapes[name]
+
+    def dtype(self, name: str) -> torch.dtype:
+        return torch.float32
+
+    def scale(self, name: str) -> torch.Tensor | None:
+        """The factor each drawn tensor is multiplied by (None: 1)."""
+        return None
+
+    def zero(self, name: str) -> bool:
+        """The tensor is zero (blacklisted by a normalisation)."""
+        return False
+
+
+class ScaledRandomStore(RandomStore):
+    """A normalised seeded Gaussian direction: ``gaussian_tensor(name) * scale[name]`` (``scale`` a 0-d tensor or a
+    per-row / per-column tensor that broadcasts against the shape), zero for the names in ``zeros``: the same
+    arithmetic as :func:`~landscape.directions.normalize` applies to a stored one, so both are bit-identical."""
+
+    def __init__(self, base: RandomStore, scales: dict[str, torch.Tensor | None], zeros: set[str]):
+        super().__init__(base.shapes, base.seed, base.origin)
+        self.scales, self.zeros = dict(scales), set(zeros)
+
+    def get(self, name: str) -> torch.Tensor:
+        if name in self.zeros:
+            return torch.zeros(self.shape(name), dtype=torch.float32)
+        g = super().get(name)
+        s = self.scales.get(name)
+        return g.clone() if s is None else g * s
+
+    def scale(self, name: str) -> torch.Tensor | None:
+        return self.scales.get(name)
+
+    def zero(self, name: str) -> bool:
+        return name in self.zeros
