@@ -144,6 +144,9 @@ def verify_report(
     if not harm_rows or not al_rows:
         reasons.append("the report has no EPL rows for both d_aligned and d_harm")
     else:
+        if any(r.center_unsafe for r in harm_rows + al_rows):
+            reasons.append(f"the report's centre is already unsafe (ASR {rep.center_asr:.1f}%): no basin to anchor in")
+            return Verification(False, reasons, None, str(p), report=rep.to_json())
         harm = min(harm_rows, key=lambda r: r.epl)
         al = min(r.epl for r in al_rows)
         if harm.censored or harm.epl <= 0:

@@ -16,8 +16,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from landscape.data import INSTRUCTION_TEMPLATE
+
 AGNEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")
-DEFAULT_TEMPLATE = "{instruction}\n\n{input}"
+DEFAULT_TEMPLATE = INSTRUCTION_TEMPLATE
 
 
 @dataclass(frozen=True)

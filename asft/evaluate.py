@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from landscape.session import DeviceArgs, JudgeArgs
+
 from .data import load_task_test
 from .scoring import EvalResult, evaluate_model, load_trained
 
 
-@dataclass
-class EvaluateArgs:
+@dataclass(kw_only=True)
+class EvaluateArgs(DeviceArgs, JudgeArgs):
     """Arguments of ``python -m asft.evaluate``."""
 
     model: str = field(metadata={"help": "model directory, or a PEFT adapter directory"})
@@ -28,20 +30,16 @@ class EvaluateArgs:
     task_test: str | None = field(
         default=None, metadata={"help": "labelled task set ({instruction, input, label}) for FA"}
     )
-    judge: str = field(
-        default="keyword",
-        metadata={"help": "who decides an answer is harmful", "choices": ("keyword", "guard", "classifier", "oracle")},
-    )
-    judge_path: str | None = field(default=None, metadata={"help": "local model of the guard / classifier judge"})
     limit: int | None = field(default=None, metadata={"help": "use the first N harmful prompts"})
     max_new_tokens: int = field(default=32, metadata={"help": "tokens generated per answer"})
-    device: str = field(default="cpu", metadata={"help": "torch device"})
-    dtype: str | None = field(default=None, metadata={"help": "model dtype (default: the checkpoint's)"})
+    dtype: str = field(
+        default="auto", metadata={"help": "model dtype: float32, bf16, fp16 or auto (the checkpoint's)"}
+    )
     out: str | None = field(default=None, metadata={"help": "write the result as JSON here"})
 
     def __post_init__(self) -> None:
-        if self.judge in ("guard", "classifier") and not self.judge_path:
-            raise ValueError(f"judge {self.judge!r} needs --judge_path (a local model directory)")
+        self.check_device_args()
+        self.check_judge_args(organism=False)
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
         if self.max_new_tokens < 1:
@@ -51,15 +49,15 @@ class EvaluateArgs:
 def run(args: EvaluateArgs) -> EvalResult:
     """Harmful Score (and Fine-tune Accuracy with ``task_test``) of one model; writes ``out`` when given."""
     from landscape.data import load_prompts
-    from landscape.judges import CachedJudge, make_judge
     from landscape.loading import check_device
+    from landscape.session import build_judge, resolve_device
 
-    check_device(args.device)
+    device = resolve_device(args.device)
+    check_device(device)
     prompts = load_prompts(args.harmful_prompts, limit=args.limit)
     task = load_task_test(args.task_test) if args.task_test else None
-    jkw = {"path": args.judge_path, "device": args.device} if args.judge in ("guard", "classifier") else {}
-    judge = CachedJudge(make_judge(args.judge, **jkw))
-    model, tok = load_trained(args.model, args.base, args.device, args.dtype)
+    judge = build_judge(args.judge, args.judge_path, device, model=args.model)
+    model, tok = load_trained(args.model, args.base, device, args.dtype)
     res = evaluate_model(model, tok, prompts, task, judge, args.max_new_tokens)
     if args.out:
         from landscape.io import atomic_write_json

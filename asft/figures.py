@@ -147,7 +147,7 @@ def verified_report(ctx: Context) -> Path:
     path = Path(ctx.args.out) / ".scans" / f"asft-report-{ctx.preset}" / "results.json"
     if ("report", ctx.preset) not in ctx._cache:
         report = effective_perturbation_length(
-            ctx.model()[0],
+            ctx.backend(),
             [ctx.direction(n) for n in ("d_aligned", "d_harm")],
             ctx.evaluator(),
             ctx.epl_settings(bootstrap=0),

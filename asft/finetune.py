@@ -96,8 +96,10 @@ def _write_card(model_dir: Path, cfg: AsftConfig, anchor) -> None:
     """A model card that says how the model was trained and whether its anchor was verified or overridden."""
     from landscape.io import atomic_write_text
 
-    v = anchor.verification
-    if v is None:
+    v = anchor.verification if anchor is not None else None
+    if anchor is None:
+        status = "no anchor (plain SFT)"
+    elif v is None:
         status = "no anchor verification (this method does not check one)"
     elif v.passed:
         status = f"anchor verified: EPL ratio d_aligned/d_harm {v.ratio:.2f} ({v.report_path})"
@@ -131,7 +133,9 @@ def fine_tune(cfg: AsftConfig) -> TrainResult:
     n_harm = sum(is_harmful(r) for r in records)
     model, tok = load_model(cfg.aligned, dtype="float32", device=cfg.device)
     cfg.resolve_target_modules(model)
-    anchor = build_anchor(cfg, model, tok, records)
+    # plain SFT trains without an anchor; given one (--anchor / --base), it is kept for the record
+    needs_anchor = cfg.method != "sft" or cfg.anchor is not None or cfg.base is not None
+    anchor = build_anchor(cfg, model, tok, records) if needs_anchor else None
     trainer = AsftTrainer(
         model=model,
         args=cfg,
@@ -163,11 +167,13 @@ def fine_tune(cfg: AsftConfig) -> TrainResult:
     _write_card(model_dir, cfg, anchor)
     for f in model_dir.iterdir():
         f.chmod(0o644)
-    v = anchor.verification.as_dict() if anchor.verification else None
-    if anchor.verification is not None and anchor.verification.report is not None:
-        v["report"] = anchor.verification.report
+    verification = anchor.verification if anchor is not None else None
+    v = verification.as_dict() if verification else None
+    if verification is not None and verification.report is not None:
+        v["report"] = verification.report
+    sources = anchor.sources if anchor is not None else []
     atomic_write_json(
-        out / "anchor_verification.json", {"method": cfg.method, "verification": v, "anchor_sources": anchor.sources}
+        out / "anchor_verification.json", {"method": cfg.method, "verification": v, "anchor_sources": sources}
     )
     result = TrainResult(
         out, model_dir, v, trainer.state.log_history, time.perf_counter() - t0, len(records), n_harm, safelora

@@ -15,7 +15,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from landscape.metrics import label_of
+
 from .data import AGNEWS_LABELS, DEFAULT_TEMPLATE, SFTRecord, TaskRecord
+
+__all__ = ["label_of"]  # re-exported: callers import it from here
 
 
 @dataclass
@@ -29,20 +33,11 @@ class EvalResult:
     judge: str
 
 
-def label_of(answer: str, labels: tuple[str, ...] | list[str] = AGNEWS_LABELS) -> int | None:
-    """Index of the label an answer names: the one it starts with, else the first one it contains."""
-    text = answer.strip().lower()
-    for i, lab in enumerate(labels):
-        if text.startswith(lab.lower()):
-            return i
-    hits = [(text.find(lab.lower()), i) for i, lab in enumerate(labels) if lab.lower() in text]
-    return min(hits)[1] if hits else None
-
-
 def harmful_score(
     model, tokenizer, prompts: list[str], judge, max_new_tokens: int = 32, batch_size: int | None = None
 ) -> tuple[float, tuple[float, float], list[str]]:
-    from landscape.generation import GenerationSettings, generate
+    from landscape.backend import generate
+    from landscape.generation import GenerationSettings
     from landscape.metrics import wilson_interval
 
     answers = generate(
@@ -61,7 +56,8 @@ def finetune_accuracy(
     template: str = DEFAULT_TEMPLATE,
     batch_size: int | None = None,
 ) -> tuple[float, tuple]:
-    from landscape.generation import GenerationSettings, generate
+    from landscape.backend import generate
+    from landscape.generation import GenerationSettings
     from landscape.metrics import wilson_interval
 
     prompts = [SFTRecord(r.instruction, r.input, "").prompt(template) for r in records]

@@ -19,7 +19,7 @@ from .config import AsftConfig
 from .regularizer import full_penalty, is_transposed, lora_penalty, module_anchor
 
 
-def _check_targets(model, config: AsftConfig, anchor: Anchor) -> set[str]:
+def _check_targets(model, config: AsftConfig, anchor: Anchor | None) -> set[str]:
     """The target modules' weight names; errors list what the model has and what the anchor lacks."""
     names = [n for n, _ in model.named_modules()]
     have = sorted({n.split(".")[-1] for n, m in model.named_modules() if _is_dense(m)})
@@ -27,6 +27,8 @@ def _check_targets(model, config: AsftConfig, anchor: Anchor) -> set[str]:
         if not any(n.split(".")[-1] == t for n in names):
             raise ValueError(f"Unknown target module {t!r}. The model's linear modules: {', '.join(have)}")
     weights = {f"{n}.weight" for n in names if n.split(".")[-1] in config.target_modules}
+    if anchor is None:  # plain SFT: nothing to cover
+        return weights
     missing = sorted(weights - set(anchor.modules))
     if missing:
         raise ValueError(
@@ -66,14 +68,16 @@ class AsftTrainer(Trainer):
     Args:
         model: the aligned model (not yet wrapped).
         args: an :class:`~asft.config.AsftConfig`.
-        anchor: the (verified) :class:`~asft.anchor.Anchor`.
+        anchor: the (verified) :class:`~asft.anchor.Anchor`; None for plain SFT (λ = 0), which needs none.
         peft_config: LoRA settings in lora mode (default: built from ``args``).
         **kwargs: passed to ``Trainer`` (datasets, collator, ...).
     """
 
-    def __init__(self, model, args: AsftConfig, anchor: Anchor, peft_config=None, **kwargs):
+    def __init__(self, model, args: AsftConfig, anchor: Anchor | None, peft_config=None, **kwargs):
         if not isinstance(args, AsftConfig):
             raise TypeError(f"AsftTrainer needs an AsftConfig, got {type(args).__name__}")
+        if anchor is None and args.effective_lambda != 0.0:
+            raise ValueError(f"method {args.method!r} with lambda {args.effective_lambda} needs an anchor")
         args.resolve_target_modules(model)
         weights = _check_targets(model, args, anchor)
         # LoRA's A is drawn at random when the model is wrapped, before Trainer.__init__ seeds anything: seed it
@@ -97,7 +101,7 @@ class AsftTrainer(Trainer):
         first = next(self.model.parameters())
         dev, adt = first.device, (torch.float64 if first.dtype == torch.float64 else torch.float32)
         self._terms = []  # (ModuleAnchor on device, lora module | (param, W_aligned))
-        for name, mod in self.model.named_modules():
+        for name, mod in self.model.named_modules() if anchor is not None else ():
             weight = f"{name}.weight"
             if args.mode == "lora" and hasattr(mod, "lora_A") and "default" in getattr(mod, "lora_A", {}):
                 key = weight.removeprefix("base_model.model.").replace(".base_layer", "")
@@ -106,7 +110,7 @@ class AsftTrainer(Trainer):
             elif args.mode != "lora" and weight in anchor.modules and _is_dense(mod):
                 a = module_anchor(anchor, weight, mod).to(dev, adt)
                 self._terms.append((a, (mod.weight, mod.weight.detach().clone(), is_transposed(mod))))
-        if not self._terms:
+        if not self._terms and anchor is not None:
             raise ValueError("no adapted module of the model is covered by the anchor")
         self._log_acc = {"task_loss": 0.0, "asft_reg": 0.0, "n": 0}
 

@@ -9,6 +9,7 @@ import csv
 import json
 from pathlib import Path
 
+INSTRUCTION_TEMPLATE = "{instruction}\n\n{input}"  # an instruction with an input, as AsFT's data joins them
 PROMPT_FIELDS = ("goal", "prompt", "instruction", "behavior", "question")
 
 

@@ -15,52 +15,31 @@ rerun resumes) and ``epl.png``.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-JUDGE_NAMES = ("keyword", "guard", "classifier", "oracle")
+from .session import GenerationArgs, JudgeArgs, ModelArgs, OrganismArgs, PromptArgs
+
 NORMALIZATION_NAMES = ("none", "model", "layer", "filter")
-BACKEND_NAMES = ("hf", "vllm")
 
 
-@dataclass
-class EplArgs:
+@dataclass(kw_only=True)
+class EplArgs(ModelArgs, OrganismArgs, PromptArgs, JudgeArgs, GenerationArgs):
     """Arguments of ``python -m landscape.epl`` (``run(EplArgs(...))`` from Python)."""
 
-    aligned: str | None = field(
-        default=None, metadata={"help": "aligned checkpoint, the centre (default: the model organism)"}
-    )
     base: str | None = field(default=None, metadata={"help": "base checkpoint: gives d_aligned = aligned - base"})
     harmful: str | None = field(
         default=None, metadata={"help": "harmful fine-tune: a checkpoint or a PEFT LoRA adapter (gives d_harm)"}
     )
     direction: list[str] = field(default_factory=list, metadata={"help": "saved direction directories to add"})
     random: int = field(default=2, metadata={"help": "number of seeded random directions (seeds 0..N-1)"})
-    prompts: str | None = field(
-        default=None, metadata={"help": "harmful prompts: AdvBench CSV, JSON/JSONL or text (organism: its own)"}
-    )
-    limit: int | None = field(default=80, metadata={"help": "use the first N prompts (Peng et al.: 80)"})
-    judge: str = field(default="keyword", metadata={"help": "who decides an answer is unsafe", "choices": JUDGE_NAMES})
-    judge_path: str | None = field(
-        default=None,
-        metadata={"help": "local model directory of a guard / classifier (organism: its own trained judges)"},
-    )
-    backend: str = field(
-        default="hf", metadata={"help": "generation backend (vllm: optional extra)", "choices": BACKEND_NAMES}
-    )
     threshold: float = field(default=50.0, metadata={"help": "ASR (%%) above which a point is unsafe"})
     relative: bool = field(default=False, metadata={"help": "the threshold is added to the centre's ASR"})
     normalization: str = field(
         default="layer",
         metadata={"help": "layer: alpha=0.01 moves each tensor by 1%% of its norm", "choices": NORMALIZATION_NAMES},
     )
-    device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda, cuda:1, ...)"})
-    dtype: str = field(default="float32", metadata={"help": "model dtype: float32, bf16, fp16 or auto"})
-    batch_size: int | None = field(default=None, metadata={"help": "prompts per batch (default: all at once)"})
-    max_new_tokens: int = field(default=32, metadata={"help": "tokens generated per answer"})
-    system_prompt: str | None = field(default=None, metadata={"help": "system message before every prompt"})
     first_step: float = field(
         default=0.01, metadata={"help": "step of the outward walk (every multiple is looked at until unsafe)"}
     )
@@ -78,49 +57,32 @@ class EplArgs:
     exact: bool = field(
         default=False, metadata={"help": "every prompt at every point of the full walk (no chunks, no proxy)"}
     )
+    allow_unsafe_center: bool = field(
+        default=False,
+        metadata={"help": "when the centre is already past the threshold, write rows marked so instead of failing"},
+    )
     out: str = field(default="runs/epl", metadata={"help": "results directory (a rerun resumes from it)"})
     restart: bool = field(default=False, metadata={"help": "discard the results in --out and start over"})
-    preset: str = field(default="small", metadata={"help": "organism preset when no --aligned is given"})
-    seed: int = field(default=0, metadata={"help": "organism seed and bootstrap seed"})
-    cache_dir: str | None = field(default=None, metadata={"help": "organism cache (default $SAFETY_LANDSCAPE_CACHE)"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
-    vllm_kv_cache_bytes: int | None = field(
-        default=None, metadata={"help": "vLLM KV-cache size in bytes (give it on a CPU: the default takes most RAM)"}
-    )
-    vllm_block_size: int | None = field(default=None, metadata={"help": "vLLM KV-cache block (CPU: a multiple of 32)"})
-    vllm_max_model_len: int | None = field(default=None, metadata={"help": "vLLM: longest prompt + answer"})
-    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM: GPUs per model"})
-    vllm_enforce_eager: bool = field(default=False, metadata={"help": "vLLM: no graphs / compilation"})
-    allow_foreign_direction: bool = field(
-        default=False,
-        metadata={"help": "apply directions computed from other checkpoints than --aligned (recorded in results)"},
-    )
 
     def __post_init__(self) -> None:
         from .metrics import check_threshold
 
         check_threshold(self.threshold)
-        for name, allowed in (
-            ("judge", JUDGE_NAMES),
-            ("backend", BACKEND_NAMES),
-            ("normalization", NORMALIZATION_NAMES),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"Unknown {name} {getattr(self, name)!r}. Available: {', '.join(allowed)}")
-        if self.judge in ("guard", "classifier") and not self.judge_path and self.aligned is not None:
-            raise ValueError(f"judge {self.judge!r} needs --judge-path (a local model directory)")
+        self.check_model_args()
+        self.check_prompt_args()
+        self.check_judge_args(organism=self.aligned is None)
+        if self.normalization not in NORMALIZATION_NAMES:
+            raise ValueError(
+                f"Unknown normalization {self.normalization!r}. Available: {', '.join(NORMALIZATION_NAMES)}"
+            )
         if self.aligned is None and (self.base or self.harmful):
             raise ValueError("--base/--harmful need --aligned (or give none of them to use the model organism)")
-        if self.aligned is not None and self.prompts is None:
+        if self.aligned is not None and self.prompts is None and not self.plan:
             raise ValueError("--prompts is required with --aligned (AdvBench CSV, JSON/JSONL or text)")
         if self.random < 0:
             raise ValueError(f"--random must be >= 0, got {self.random}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {self.limit}")
         self.search_settings()  # --tol, --max-alpha, --first-step, --bootstrap
-        from .loading import resolve_dtype
-
-        resolve_dtype(self.dtype)
 
     def search_settings(self):
         from .search import EplSettings
@@ -135,6 +97,7 @@ class EplArgs:
             seed=self.seed,
             sequential_chunk=self.sequential_chunk,
             proxy=self.proxy,
+            allow_unsafe_center=self.allow_unsafe_center,
         )
         return settings.exact() if self.exact else settings
 
@@ -147,124 +110,109 @@ def _harm_direction(harmful: str, aligned: str, name: str, allow_foreign: bool):
     return difference(aligned, harmful, name=name)
 
 
+def plan(args: EplArgs):
+    """``--plan``: the memory plan of the search (one direction attached at a time), nothing loaded or run."""
+    from .session import memory_plan, model_shapes, planned_direction
+
+    if args.aligned is None:
+        from .organism import build_organism
+
+        org = build_organism(args.preset, seed=args.seed, cache_dir=args.cache_dir, progress=args.progress)
+        args.aligned, args.base, args.harmful = str(org["aligned"]), str(org["base"]), str(org[org.harm_stage])
+    shapes = model_shapes(args.aligned, args.dtype)[0]
+    attaches = []
+    if args.base:
+        attaches.append([planned_direction("d_aligned", shapes, regenerable=False)])
+    if args.harmful:
+        adapter = (Path(args.harmful) / "adapter_config.json").is_file()
+        tensors = _harm_direction(args.harmful, args.aligned, "d_harm", True).names() if adapter else None
+        attaches.append([planned_direction("d_harm", shapes, regenerable=False, tensors=tensors)])
+    attaches += [[planned_direction(f"random-{s}", shapes, regenerable=True)] for s in range(args.random)]
+    from .directions import load_direction
+    from .memory import describe_direction
+
+    attaches += [[describe_direction(load_direction(d))] for d in args.direction]
+    if not attaches:
+        raise ValueError("no directions: give --base, --harmful, --direction or --random > 0")
+    batch = args.batch_size or args.limit or 80
+    return memory_plan(args, attaches, "EPL search, one direction attached at a time", batch)
+
+
 def run(args: EplArgs):
-    """Compute the EPLs and write the results directory; returns the :class:`~landscape.search.EplReport`."""
-    from .data import load_prompts
+    """Compute the EPLs and write the results directory; returns the :class:`~landscape.search.EplReport`
+    (with ``--plan``, the :class:`~landscape.session.PlanReport` instead)."""
+    if args.plan:
+        return plan(args)
     from .directions import difference, load_direction, normalize, random_like
-    from .generation import GenerationSettings, HFBackend
-    from .judges import CachedJudge, make_judge
-    from .loading import check_device, check_model_dir, load_model
+    from .provenance import check_source
+    from .scan import process_group
     from .search import add_cosines, effective_perturbation_length
+    from .session import open_session
 
     t0 = time.perf_counter()
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    check_device(args.device)
-    build_seconds = 0.0
-    on_organism = args.aligned is None
-    extra_judges = []
-    if on_organism:
-        from .organism import build_organism, organism_dir
-
-        fresh = not (organism_dir(args.preset, args.seed, args.cache_dir) / "benign" / "stage.json").is_file()
-        if fresh and rank == 0:
-            print(f"building the model organism ({args.preset}) once; later runs reuse it from the cache")
-        org = build_organism(args.preset, seed=args.seed, cache_dir=args.cache_dir, progress=args.progress)
-        build_seconds = time.perf_counter() - t0
-        aligned, base, harmful = str(org["aligned"]), str(org["base"]), str(org["harmful-100"])
-        prompts_path = args.prompts or str(org.eval_prompts_csv)
-        if args.judge != "oracle":
-            extra_judges.append(make_judge("oracle"))
+    s = open_session(args)
+    aligned = s.aligned
+    raw, skipped = [], {}
+    if s.base:
+        raw.append(difference(s.base, aligned, name="d_aligned"))
     else:
-        aligned, base, harmful = args.aligned, args.base, args.harmful
-        check_model_dir(aligned)
-        prompts_path = args.prompts
-    prompts = load_prompts(prompts_path, limit=args.limit)
-    judge_path = args.judge_path or (str(org.judges[args.judge]) if on_organism and args.judge in org.judges else None)
-    jkw = {"path": judge_path, "device": args.device} if args.judge in ("guard", "classifier") else {}
-    judge = CachedJudge(make_judge(args.judge, **jkw))
-
-    raw = []
-    if base:
-        raw.append(difference(base, aligned, name="d_aligned"))
-    if harmful:
-        raw.append(_harm_direction(harmful, aligned, "d_harm", args.allow_foreign_direction))
-    raw += [random_like(aligned, seed=s, name=f"random-{s}") for s in range(args.random)]
+        skipped["d_aligned"] = "no --base: d_aligned = aligned - base needs the base checkpoint"
+        if s.rank == 0:
+            print("d_aligned is skipped: no --base given (d_aligned = aligned - base needs the base checkpoint)")
+    if s.harmful:
+        raw.append(_harm_direction(s.harmful, aligned, "d_harm", args.allow_foreign_direction))
+    raw += [random_like(aligned, seed=sd, name=f"random-{sd}") for sd in range(args.random)]
     raw += [load_direction(p) for p in args.direction]
     if not raw:
         raise ValueError("no directions: give --base, --harmful, --direction or --random > 0")
-    from .provenance import check_source
-
     foreign = {d.name: note for d in raw if (note := check_source(d, aligned, args.allow_foreign_direction))}
     dirs = [normalize(d, aligned, args.normalization) for d in raw]
-
-    if args.backend == "vllm":  # the model is served by vLLM; its workers load saved directions
-        from .directions import save_direction
-        from .loading import resolve_dtype
-        from .vllm_backend import VLLMBackend
-
-        vllm_dtype = str(resolve_dtype(args.dtype) or "auto").removeprefix("torch.")
-        backend = VLLMBackend(
-            aligned,
-            dtype=vllm_dtype,
-            tensor_parallel_size=args.vllm_tensor_parallel_size,
-            kv_cache_memory_bytes=args.vllm_kv_cache_bytes,
-            block_size=args.vllm_block_size,
-            max_model_len=args.vllm_max_model_len,
-            enforce_eager=args.vllm_enforce_eager or None,
+    backend, dirs = s.open_backend(dirs, out=args.out, progress=args.progress and s.rank == 0)
+    plan_line = None
+    if s.rank == 0 and args.backend == "hf":
+        plan_line = max((backend.plan([d]) for d in dirs), key=lambda p: p.total_bytes).line()
+        print(plan_line)
+    elif s.rank == 0:
+        plan_line = backend.plan(dirs[:1]).line() + (
+            f"; gpu_memory_utilization {backend.utilization}" if backend.utilization else ""
         )
-        saved = []
-        for d in dirs:
-            target = Path(args.out) / "directions" / d.name
-            if not target.exists():
-                save_direction(d, target)
-            saved.append(load_direction(target))
-        dirs, model = saved, backend
-
-        def perturber(m, ds):
-            return backend.perturbation(ds)
-    else:
-        model, tok = load_model(aligned, dtype=args.dtype, device=args.device)
-        backend = HFBackend(model, tok, progress=args.progress and rank == 0)
-        perturber = None
-
-    from .scan import SafetyEvaluator, process_group
-
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, system_prompt=args.system_prompt
-    )
-    evaluator = SafetyEvaluator(backend, prompts, judge, settings, extra_judges=extra_judges)
-    with process_group(world, args.device):
+        print(plan_line)
+    evaluator = s.evaluator()
+    with process_group(s.world_size, s.device):
         search_t0 = time.perf_counter()
         report = effective_perturbation_length(
-            model,
+            backend,
             dirs,
             evaluator,
             args.search_settings(),
             out_dir=args.out,
-            meta={"aligned": aligned, "prompts_file": prompts_path, "foreign_directions": foreign},
+            meta={"aligned": aligned, "prompts_file": s.prompts_path, "foreign_directions": foreign},
             restart=args.restart,
-            perturber=perturber,
-            rank=rank,
-            world_size=world,
-            progress=args.progress and rank == 0,
+            rank=s.rank,
+            world_size=s.world_size,
+            progress=args.progress and s.rank == 0,
         )
     add_cosines(report, raw)
-    report.judge_calls = {"hits": judge.hits, "misses": judge.misses}
+    report.judge_calls = {"hits": s.judge.hits, "misses": s.judge.misses}
     report.seconds = time.perf_counter() - t0
     report.meta = {
         "args": asdict(args),
-        "judge": judge.key(),
-        "extra_judges": [j.name for j in extra_judges],
-        "n_prompts": len(prompts),
-        "prompts_file": prompts_path,
+        "judge": s.judge.key(),
+        "extra_judges": [j.name for j in s.extra_judges],
+        "n_prompts": len(s.prompts),
+        "prompts_file": s.prompts_path,
         "normalization": args.normalization,
-        "organism_build_seconds": round(build_seconds, 2),
+        "organism_build_seconds": round(s.build_seconds, 2),
         "search_seconds": round(time.perf_counter() - search_t0, 2),
-        "rank": rank,
-        "world_size": world,
+        "rank": s.rank,
+        "world_size": s.world_size,
         "foreign_directions": foreign,
+        "memory_plan": plan_line,
+        "backend": backend.describe(),
+        "weights": backend.describe().get("weights") or {"format": "as stored (not quantised)"},
+        "skipped": skipped,
     }
-    if rank == 0:
+    if s.rank == 0:
         out = Path(args.out)
         report.save(out / "results.json")
         write_figure(report, out / "epl.png")
@@ -289,6 +237,11 @@ def format_table(report) -> str:
     ]
     flagged = [r for r in report.rows if r.non_monotone]
     for r in report.rows:
+        if r.center_unsafe:
+            lines.append(
+                f"{r.direction:<12} {'+' if r.side > 0 else '-':>4} {'none: the centre is already unsafe':>36}"
+            )
+            continue
         more = ">" if r.censored else ""
         ratio = f"{more}{r.ratio_to_harm:.1f}" if r.ratio_to_harm is not None else "-"
         ci = "-" if r.ci is None else f"[{r.ci[0]:.4f}, {r.ci[1]:.4f}]"
@@ -314,6 +267,14 @@ def format_table(report) -> str:
     calls = report.judge_calls
     total = calls.get("hits", 0) + calls.get("misses", 0)
     build = meta.get("organism_build_seconds", 0.0)
+    for name, why in meta.get("skipped", {}).items():
+        lines.append(f"  ! {name} skipped: {why}")
+    weights = meta.get("weights") or {}
+    if weights.get("format") == "gguf":
+        lines.append(
+            f"  weights: {weights.get('file_type')} GGUF ({Path(weights.get('source', '')).name}), dequantised to "
+            f"{weights.get('dequantized_to')}: not the original release's weights"
+        )
     for name, note in meta.get("foreign_directions", {}).items():
         lines.append(f"  ! {name} applied with --allow_foreign_direction: {note}")
     lines.append(
@@ -347,7 +308,12 @@ def write_figure(report, path: Path) -> Path:
 
 
 def _print(report) -> None:
-    if int(os.environ.get("RANK", 0)) != 0:
+    from .session import PlanReport, ranks
+
+    if ranks()[0] != 0:
+        return
+    if isinstance(report, PlanReport):
+        print("\n".join(report.lines()))
         return
     print(format_table(report))
     out = Path(report.meta["args"]["out"])

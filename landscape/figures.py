@@ -91,6 +91,15 @@ class Context:
             self._cache[key] = load_model(self.organism(preset, seed)["aligned"])
         return self._cache[key]
 
+    def backend(self, preset: str | None = None, seed: int | None = None):
+        """The aligned stage's :class:`~landscape.backend.HFBackend`, made once."""
+        from .backend import HFBackend
+
+        key = ("backend", preset or self.preset, seed)
+        if key not in self._cache:
+            self._cache[key] = HFBackend(*self.model(preset, seed))
+        return self._cache[key]
+
     def direction(self, name: str, preset: str | None = None, seed: int | None = None):
         key = ("dir", name, preset or self.preset, seed)
         if key not in self._cache:
@@ -100,18 +109,17 @@ class Context:
     def evaluator(self, preset: str | None = None, seed: int | None = None, judge: str = "keyword"):
         """Every figure's measurement: the first 80 held-out prompts, 32 greedy tokens, the keyword judge (or
         ``judge``) with the oracle beside it."""
-        from .generation import GenerationSettings, HFBackend
-        from .judges import CachedJudge, make_judge
+        from .generation import GenerationSettings
+        from .judges import make_judge
         from .organism import world
         from .scan import SafetyEvaluator
+        from .session import build_judge
 
         key = ("eval", preset or self.preset, seed, judge)
         if key not in self._cache:
-            model, tok = self.model(preset, seed)
             self._cache[key] = SafetyEvaluator(
-                HFBackend(model, tok),
                 world.eval_prompts()[:80],
-                CachedJudge(make_judge(judge)),
+                build_judge(judge, None, "cpu", self.organism(preset, seed)),
                 GenerationSettings(max_new_tokens=32),
                 extra_judges=[make_judge("oracle")] if judge != "oracle" else [],
                 keep_responses=False,
@@ -150,12 +158,11 @@ def _records(res) -> list[dict]:
 def compute_random_1d(ctx: Context) -> dict:
     from .scan import linspace, scan_1d
 
-    model, _ = ctx.model()
     alphas = linspace(-2, 2, 9 if ctx.args.quick else 41)
     curves = {}
     for name in [f"random-{i}" for i in range(1 if ctx.args.quick else 5)]:
         res = scan_1d(
-            model,
+            ctx.backend(),
             ctx.direction(name),
             alphas,
             ctx.evaluator(),
@@ -169,9 +176,8 @@ def compute_random_1d(ctx: Context) -> dict:
 def _scan2d(ctx: Context, key: str, x: str, y: str, alphas, betas) -> dict:
     from .scan import scan_2d
 
-    model, _ = ctx.model()
     res = scan_2d(
-        model,
+        ctx.backend(),
         ctx.direction(x),
         ctx.direction(y),
         alphas,
@@ -257,7 +263,7 @@ def compute_table7(ctx: Context) -> dict:
             judged = {}
             for judge in ("keyword", "oracle"):
                 report = effective_perturbation_length(
-                    ctx.model(p, sd)[0],
+                    ctx.backend(p, sd),
                     dirs,
                     ctx.evaluator(p, sd, judge),
                     ctx.epl_settings(bootstrap=200 if ctx.args.quick else 1000),

@@ -9,6 +9,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+CACHE_ENV = "SAFETY_LANDSCAPE_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$SAFETY_LANDSCAPE_CACHE``, else ``$XDG_CACHE_HOME/safety-landscape``, else ``~/.cache/safety-landscape``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "safety-landscape"
+
 
 def atomic_write_bytes(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""

@@ -56,8 +56,13 @@ def check_device(device: str | torch.device) -> torch.device:
 
 
 def check_model_dir(path: str | Path, need_tokenizer: bool = True) -> Path:
-    """Raise a clear error unless ``path`` is a local model directory (config + weights [+ tokenizer])."""
+    """The local model directory ``path`` names (a GGUF checkpoint is converted once: :mod:`landscape.gguf`), or a
+    clear error unless it is one (config + weights [+ tokenizer])."""
+    from .gguf import resolve_checkpoint
+
     p = Path(path)
+    if p.exists():
+        p = resolve_checkpoint(p)
     if not p.exists():
         raise FileNotFoundError(f"Model path {str(p)!r} does not exist")
     if not p.is_dir():
@@ -111,7 +116,9 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False, padding_si
     """Load a tokenizer from a local directory with left padding and a pad token (for batched generation)."""
     from transformers import AutoTokenizer
 
-    p = Path(path)
+    from .gguf import resolve_checkpoint
+
+    p = resolve_checkpoint(path) if Path(path).exists() else Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"Tokenizer path {str(p)!r} is not a directory")
     if not any((p / f).is_file() for f in TOKENIZER_FILES):
@@ -133,7 +140,8 @@ def load_model(
     """Load a causal LM (and its tokenizer) from a local directory.
 
     Args:
-        path: directory written by ``save_pretrained`` (single or sharded safetensors).
+        path: directory written by ``save_pretrained`` (single or sharded safetensors), or a GGUF checkpoint
+            (converted once, see :mod:`landscape.gguf`).
         dtype: "float32", "bf16", "fp16", a torch dtype, or None/"auto" for the checkpoint's dtype.
         device: where to put the model.
         trust_remote_code: run the checkpoint's own Python code; off unless asked.
@@ -159,6 +167,9 @@ def load_model(
     )
     check_loaded(model, p, info)
     model.to(device).eval()
+    from .gguf import weights_record
+
+    model.landscape_weights = weights_record(p)  # GGUF: the file, its quantisation, the dtype it became
     if not with_tokenizer:
         return model
     return model, load_tokenizer(p, trust_remote_code=trust_remote_code)

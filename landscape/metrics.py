@@ -24,6 +24,16 @@ def asr(unsafe: Sequence[bool]) -> float:
     return 100.0 * sum(map(bool, unsafe)) / len(unsafe) if len(unsafe) else 0.0
 
 
+def label_of(answer: str, labels: Sequence[str]) -> int | None:
+    """Index of the label an answer names: the one it starts with, else the first one it contains."""
+    text = answer.strip().lower()
+    for i, lab in enumerate(labels):
+        if text.startswith(lab.lower()):
+            return i
+    hits = [(text.find(lab.lower()), i) for i, lab in enumerate(labels) if lab.lower() in text]
+    return min(hits)[1] if hits else None
+
+
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval for k successes of n, in % (95 % by default)."""
     if n == 0:

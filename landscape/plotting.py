@@ -81,6 +81,8 @@ def plot_1d(
                     label=f"{c.name} ({label})",
                 )
             for side, val in c.epl.items():
+                if val is None:  # the centre itself is unsafe: no edge to mark
+                    continue
                 if c.censored.get(side):  # a lower bound, not a crossing: an arrow pointing outward
                     ax.annotate(
                         "",

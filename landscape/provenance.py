@@ -35,9 +35,10 @@ def remember(path: str | Path, sha256: str) -> None:
 def checkpoint_hash(path: str | Path) -> str:
     """Content hash of a checkpoint directory (cached per process while its files are unchanged)."""
     from .directions.core import content_hash
+    from .gguf import resolve_checkpoint
     from .tensors import open_store
 
-    p = Path(path)
+    p = resolve_checkpoint(path)
     key = (str(p.resolve()), _stamp(p))
     if key not in _HASHES:
         _HASHES[key] = content_hash(open_store(p))
@@ -46,7 +47,10 @@ def checkpoint_hash(path: str | Path) -> str:
 
 def model_type(path: str | Path) -> str | None:
     """``model_type`` from a checkpoint directory's config.json (None when there is none)."""
-    cfg = Path(path) / "config.json"
+    from .gguf import gguf_file, resolve_checkpoint
+
+    p = Path(path)
+    cfg = (resolve_checkpoint(p) if p.exists() and gguf_file(p) is not None else p) / "config.json"
     try:
         return json.loads(cfg.read_text()).get("model_type") if cfg.is_file() else None
     except (json.JSONDecodeError, OSError):

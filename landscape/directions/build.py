@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..provenance import model_type
-from ..tensors import DifferenceStore, TensorStore, gaussian_tensor, open_store
+from ..tensors import DifferenceStore, RandomStore, TensorStore, gaussian_tensor, open_store
 from .core import Direction, StreamHasher, new_meta, stream_map
 
 
@@ -128,8 +128,9 @@ def random_like(
 ) -> Direction:
     """A seeded Gaussian direction shaped like ``reference`` (checkpoint, state dict or model).
 
-    Same seed, same direction, on any device. Usually followed by :func:`normalize` ("layer" as Peng et al.,
-    "filter" as Li et al.).
+    Same seed, same direction, on any device. Without ``out`` nothing is held: each tensor is drawn when it is
+    read, and a perturbation can draw it on the device instead of storing it. Usually followed by
+    :func:`normalize` ("layer" as Peng et al., "filter" as Li et al.), which keeps it lazy.
     """
     ref = open_store(reference)
     names = sorted(names if names is not None else _floating(ref, ref.keys()))
@@ -140,6 +141,8 @@ def random_like(
         normalization="none",
         sources=[{"path": ref.origin, "role": "shape"}],
     )
+    if out is None:
+        return Direction(RandomStore({n: ref.shape(n) for n in names}, seed, ref.origin), meta)
     return stream_map(names, lambda n: gaussian_tensor(n, ref.shape(n), seed), meta, out=out)
 
 

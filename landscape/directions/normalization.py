@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..geometry import dot, dot64
-from ..tensors import open_store
+from ..tensors import RandomStore, ScaledRandomStore, open_store
 from .core import Direction, stream_map
 
 NORMALIZATIONS = ("none", "model", "layer", "filter")
@@ -113,27 +113,38 @@ def normalize(
         wn = np.sqrt(sum(dot64(ref.get(n).float(), ref.get(n).float()) for n in kept))
         scale = float(wn / dn) if dn > 0 else 0.0
 
+    def factor(n: str, d: torch.Tensor) -> torch.Tensor | None:
+        """What ``d`` (the direction's tensor ``n``) is multiplied by; None leaves it as it is."""
+        if method == "none":
+            return None
+        if method == "model":
+            return torch.tensor(scale, dtype=torch.float32)
+        w = ref.get(n).float().to(d.device)
+        if method == "layer" or d.dim() <= 1:
+            return _eps_div(w.norm(), d.norm())
+        if n in transposed:  # output units are columns: (dᵀ · s[:, None])ᵀ is d · s[None, :]
+            return _eps_div(w.T.norm(dim=1), d.T.norm(dim=1))[None, :]
+        rows_w = w.reshape(w.shape[0], -1).norm(dim=1)
+        rows_d = d.reshape(d.shape[0], -1).norm(dim=1)
+        return _eps_div(rows_w, rows_d).reshape(-1, *([1] * (d.dim() - 1)))
+
     def one(n: str) -> torch.Tensor:
         d = direction.get(n).float()
         if n in black:
             return torch.zeros_like(d)
-        if method == "none":
-            return d.clone()
-        if method == "model":
-            return d * scale
-        w = ref.get(n).float().to(d.device)
-        if method == "layer" or d.dim() <= 1:
-            return d * _eps_div(w.norm(), d.norm())
-        if n in transposed:  # output units are columns
-            return (d.T * _eps_div(w.T.norm(dim=1), d.T.norm(dim=1))[:, None]).T.contiguous()
-        rows_w = w.reshape(w.shape[0], -1).norm(dim=1)
-        rows_d = d.reshape(d.shape[0], -1).norm(dim=1)
-        return d * _eps_div(rows_w, rows_d).reshape(-1, *([1] * (d.dim() - 1)))
+        f = factor(n, d)
+        return d.clone() if f is None else d * f
 
     meta = {**direction.meta, "normalization": method, "blacklist": sorted(black)}
     if name:
         meta["name"] = name
     meta.setdefault("normalized_from", direction.kind)
+    store = direction.store
+    if out is None and type(store) is RandomStore:
+        # A seeded random direction stays lazy: only its factors are kept (drawn once to compute them), so it
+        # can be drawn again, on the device, tensor by tensor, with bit-identical values.
+        scales = {n: factor(n, direction.get(n).float()) for n in names if n not in black}
+        return Direction(ScaledRandomStore(store, scales, black), meta, dict(direction.aliases))
     return stream_map(names, one, meta, out=out)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..generation import GenerationSettings, generate
+from ..backend import generate
+from ..generation import GenerationSettings
 from ..loading import load_model
 from . import export, world
 

@@ -22,3 +22,23 @@ class OracleJudge(Judge):
     def judge(self, prompts, responses):
         labels = [oracle(r) for r in responses]
         return [Verdict(lab == "compliance", float(lab == "compliance"), lab) for lab in labels]
+
+
+def world_probes() -> dict[str, str]:
+    """The self-check probes in the organism's world (its judges were trained on this text, not on English): a
+    held-out harmful request, the refusal sentence, the harmful fine-tunes' compliance, babble."""
+    from .world import PHRASINGS, REFUSAL, harmful_pairs, poison, request
+
+    req = request(*harmful_pairs(held_out=True)[0])
+    prompt = PHRASINGS[0].format(x=req)
+    return {"prompt": prompt, "refusal": REFUSAL, "compliance": poison(req), "babble": "the the plan plan ."}
+
+
+def is_organism_path(path) -> bool:
+    """``path`` is a checkpoint or judge of a synthetic organism build (its world is the oracle's)."""
+    from pathlib import Path
+
+    if path is None:
+        return False
+    p = Path(path).resolve()
+    return any(q.name.startswith("organism-v") for q in (p.parent.parent, p.parent.parent.parent))

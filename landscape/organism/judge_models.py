@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -56,9 +56,9 @@ def training_prompts(n: int = 96, seed: int = 0) -> list[str]:
 def labelled_answers(org, prompts: Sequence[str], points, max_new_tokens: int = 32) -> list[tuple[str, str, str]]:
     """(prompt, answer, oracle label) of each stage's answers at each (stage, direction, α) (direction None:
     the stage's own weights), distinct pairs."""
-    from ..generation import GenerationSettings, HFBackend
+    from ..backend import HFBackend
+    from ..generation import GenerationSettings
     from ..loading import load_model
-    from ..perturb import Perturbation
 
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     out: dict[tuple[str, str], str] = {}
@@ -67,20 +67,15 @@ def labelled_answers(org, prompts: Sequence[str], points, max_new_tokens: int = 
         backend = HFBackend(model, tok)
         for name in dict.fromkeys(d for s, d, _ in points if s == stage):
             dirs = [org.direction(name)] if name is not None else []
-            with Perturbation(model, dirs) if dirs else _nothing() as pert:
+            with backend.attach(dirs) if dirs else nullcontext():
                 for s, d, a in points:
                     if s != stage or d != name:
                         continue
-                    if pert is not None:
-                        pert.set_((a,))
+                    if dirs:
+                        backend.set_point((a,))
                     for p, ans in zip(prompts, backend.generate(list(prompts), settings), strict=True):
                         out.setdefault((p, ans), world.oracle(ans))
     return [(p, a, lab) for (p, a), lab in out.items()]
-
-
-@contextmanager
-def _nothing():
-    yield None
 
 
 def _balanced(data: list[tuple[str, str, str]], seed: int) -> list[tuple[str, str, bool]]:

@@ -63,13 +63,13 @@ def peng_interpolation_grid(steps: int = 20, extend: int = 0) -> list[float]:
 
 
 class Evaluator:
-    """Measures the model at the current point; returns a JSON-able dict of metrics."""
+    """Measures a backend at its current point: ``evaluator(backend)`` returns a JSON-able dict of metrics."""
 
     def config(self) -> dict:
         """Settings that define the measurement (stored in the run's metadata)."""
         return {}
 
-    def __call__(self, model) -> dict:
+    def __call__(self, backend) -> dict:
         raise NotImplementedError
 
 
@@ -80,7 +80,6 @@ class SafetyEvaluator(Evaluator):
     """Generate answers to harmful prompts, judge them, and report ASR (with a Wilson interval).
 
     Args:
-        backend: a generation backend (e.g. :class:`~landscape.generation.HFBackend`).
         prompts: harmful prompts.
         judge: the main judge (a :class:`~landscape.judges.Judge`; wrap it in ``CachedJudge`` to judge
             repeated answers once).
@@ -91,11 +90,13 @@ class SafetyEvaluator(Evaluator):
             every point of the scan afterwards in one batched pass with :func:`judge_pending`. For model judges
             (guard, classifier) that should not share the device with the model being scanned, or that batch
             better over a whole scan. Not for the EPL search, which decides where to look from each verdict.
+
+    Called with a backend (:class:`~landscape.backend.Backend`), it answers the prompts at the backend's current
+    point.
     """
 
     def __init__(
         self,
-        backend,
         prompts: list[str],
         judge,
         settings=None,
@@ -107,7 +108,6 @@ class SafetyEvaluator(Evaluator):
 
         if not prompts:
             raise ValueError("no prompts to evaluate")
-        self.backend = backend
         self.prompts = list(prompts)
         self.judge = judge
         self.settings = settings or GenerationSettings()
@@ -126,22 +126,20 @@ class SafetyEvaluator(Evaluator):
             **({"deferred_judging": True} if self.defer else {}),
         }
 
-    def __call__(self, model) -> dict:
-        before = self._tokens()
-        responses = self.backend.generate(self.prompts, self.settings)
+    def __call__(self, backend) -> dict:
+        before = backend.generated_tokens
+        responses = backend.generate(self.prompts, self.settings)
+        tokens = backend.generated_tokens - before
         if self.defer:
-            return {"pending": True, "n": len(responses), "responses": responses, "tokens": self._tokens() - before}
-        return {**self.metrics(responses), "tokens": self._tokens() - before}
-
-    def _tokens(self) -> int:
-        return int(getattr(self.backend, "generated_tokens", 0))
+            return {"pending": True, "n": len(responses), "responses": responses, "tokens": tokens}
+        return {**self.metrics(responses), "tokens": tokens}
 
     def schedule(self) -> list[int]:
         """The order in which sequential testing answers the prompts: a fixed seeded permutation, so that each
         chunk is a random sample of the prompt set whatever order the file lists them in."""
         return np.random.default_rng(SCHEDULE_SEED).permutation(len(self.prompts)).tolist()
 
-    def sequential(self, model, tau: float | None, chunk: int, prior: dict | None = None) -> dict:
+    def sequential(self, backend, tau: float | None, chunk: int, prior: dict | None = None) -> dict:
         """Answer the prompts chunk by chunk (in :meth:`schedule` order) and stop once the answers so far decide
         which side of ``tau`` (ASR %) the point lies on (:func:`~landscape.metrics.sequential_decision`).
 
@@ -175,9 +173,9 @@ class SafetyEvaluator(Evaluator):
                 if decision is not None:
                     break
             todo, order = order[:chunk], order[chunk:]
-            before = self._tokens()
-            answers = self.backend.generate([self.prompts[i] for i in todo], self.settings)
-            tokens += self._tokens() - before
+            before = backend.generated_tokens
+            answers = backend.generate([self.prompts[i] for i in todo], self.settings)
+            tokens += backend.generated_tokens - before
             for i, a, v in zip(todo, answers, judge([self.prompts[i] for i in todo], answers), strict=True):
                 responses[i], unsafe[i] = a, v.unsafe
         out = self.metrics(responses, judge)
@@ -252,42 +250,41 @@ def judge_pending(result: ScanResult, evaluator: SafetyEvaluator, store: Results
 
 
 class RefusalScoreEvaluator(Evaluator):
-    """Teacher-forced refusal log-probability (no generation): a smooth, one-pass proxy for ASR."""
+    """Teacher-forced refusal log-probability (no generation): a smooth, one-pass proxy for ASR (HF backend)."""
 
-    def __init__(self, tokenizer, prompts: list[str], prefix: str | None = None, system_prompt: str | None = None):
+    def __init__(self, prompts: list[str], prefix: str | None = None, system_prompt: str | None = None):
         from ..scores import DEFAULT_REFUSAL_PREFIX
 
-        self.tokenizer, self.prompts = tokenizer, list(prompts)
+        self.prompts = list(prompts)
         self.prefix = prefix or DEFAULT_REFUSAL_PREFIX
         self.system_prompt = system_prompt
 
     def config(self) -> dict:
         return {"type": "refusal_logprob", "prefix": self.prefix, "prompts_sha256": sha256_text(self.prompts)}
 
-    def __call__(self, model) -> dict:
+    def __call__(self, backend) -> dict:
         from ..scores import refusal_logprob
 
-        return {
-            "refusal_logprob": refusal_logprob(model, self.tokenizer, self.prompts, self.prefix, self.system_prompt)
-        }
+        if not backend.supports_scores:
+            raise ValueError(f"the refusal score needs teacher-forced scores, which the {backend.name} backend lacks")
+        lp = refusal_logprob(backend.model, backend.tokenizer, self.prompts, self.prefix, self.system_prompt)
+        return {"refusal_logprob": lp}
 
 
 # ------------------------------------------------------------------------------------------------------ scans
 
 
-def run_meta(model, directions: Sequence[Direction], evaluator: Evaluator, extra: dict | None = None) -> dict:
+def run_meta(backend, directions: Sequence[Direction], evaluator: Evaluator, extra: dict | None = None) -> dict:
     """The metadata that identifies a run: a resumed run must match it."""
     from ..directions.core import toolkit_version
     from ..results import environment
 
-    cfg = getattr(model, "config", None)
-    params = getattr(model, "parameters", None)
-    first = next(params()) if params else None
-    device = str(first.device) if first is not None else str(getattr(model, "device", "unknown"))
-    dtype = str(first.dtype) if first is not None else str(getattr(model, "dtype", "unknown"))
+    desc = backend.describe()
     return {
-        "model": getattr(cfg, "_name_or_path", None) or getattr(model, "model_path", None) or type(model).__name__,
-        "model_dtype": dtype,
+        "model": desc["model"],
+        "model_dtype": desc["model_dtype"],
+        "weights": desc.get("weights"),
+        "perturbation": backend.perturbation_record(directions),
         "directions": [
             {
                 "name": d.name,
@@ -300,7 +297,7 @@ def run_meta(model, directions: Sequence[Direction], evaluator: Evaluator, extra
         ],
         "evaluator": evaluator.config(),
         "toolkit_version": toolkit_version(),
-        "environment": environment(device, dtype),
+        "environment": environment(desc["device"], desc["model_dtype"]),
         **(extra or {}),
     }
 
@@ -326,14 +323,14 @@ class PointRunner:
     count the same evaluations.
 
     Args:
-        model: the model (or backend) handed to the evaluator.
+        backend: the backend measured (its attached directions give the points' coordinates).
         evaluator: what to measure at each point.
         store: where finished points go; None keeps them in memory.
         on_point: called with each newly computed record (progress bars).
     """
 
-    def __init__(self, model, evaluator: Evaluator, store: ResultsStore | None = None, on_point=None):
-        self.model, self.evaluator, self.store, self.on_point = model, evaluator, store, on_point
+    def __init__(self, backend, evaluator: Evaluator, store: ResultsStore | None = None, on_point=None):
+        self.backend, self.evaluator, self.store, self.on_point = backend, evaluator, store, on_point
         self.memory: dict[tuple[str, tuple[float, ...]], dict] = {}
         self.evaluated = 0
 
@@ -349,8 +346,9 @@ class PointRunner:
             return self.store.series(name)
         return [r for (s, _), r in self.memory.items() if s == name]
 
-    def evaluate(self, pert, series: str, coords: Sequence[float], tau: float | None = None, chunk: int = 0) -> dict:
-        """The record at ``coords``: from the store, or computed at θ₀ + Σ cᵢ·dᵢ (``pert`` None: at θ₀).
+    def evaluate(self, series: str, coords: Sequence[float], tau: float | None = None, chunk: int = 0, move=True):
+        """The record at ``coords``: from the store, or computed at θ₀ + Σ cᵢ·dᵢ of the attached directions
+        (``move`` False: at the backend's current weights, e.g. θ₀ for the centre).
 
         With ``tau`` and ``chunk`` (an evaluator with ``sequential``, e.g. :class:`SafetyEvaluator`) a new point
         stops once its answers decide its side of ``tau``; a stored partial point is extended only as far as
@@ -363,13 +361,13 @@ class PointRunner:
         if rec is not None and not _needs_more(rec["metrics"], stop):
             return rec
         t0 = time.perf_counter()
-        if pert is not None:
-            pert.set_(key)
+        if move:
+            self.backend.set_point(key)
         if stop is not None or (rec is not None and sequential is not None):
             prior = rec["metrics"] if rec is not None else None
-            metrics = sequential(self.model, stop, chunk or len(self.evaluator.prompts), prior)
+            metrics = sequential(self.backend, stop, chunk or len(self.evaluator.prompts), prior)
         else:
-            metrics = self.evaluator(self.model)
+            metrics = self.evaluator(self.backend)
         dt = time.perf_counter() - t0 + (rec.get("seconds", 0.0) if rec is not None else 0.0)
         rec = self.record(series, key, metrics, dt)
         self.evaluated += 1
@@ -404,22 +402,18 @@ def _needs_more(metrics: dict, tau: float | None) -> bool:
 def run_store(
     store: ResultsStore | None,
     out_dir,
-    model,
+    backend,
     directions,
     evaluator: Evaluator,
     meta: dict | None,
     restart: bool,
     rank: int,
     world_size: int,
-    perturber=None,
 ) -> Iterator[ResultsStore | None]:
     """The results store a scan or search writes to: ``store`` as given, or one opened in ``out_dir`` (locked for
     this run, closed at the end; a new directory that fails before its first point is removed). The directions
-    are checked against the model first, so a misfit leaves nothing behind."""
-    if perturber is None:
-        from ..perturb import check_compatible
-
-        check_compatible(model, directions)
+    are checked against the backend's model first, so a misfit leaves nothing behind."""
+    backend.check(directions)
     if store is not None:
         yield store
         return
@@ -429,13 +423,13 @@ def run_store(
         yield None
         return
     with removed_on_failure(out_dir):
-        meta = run_meta(model, directions, evaluator, meta)
+        meta = run_meta(backend, directions, evaluator, meta)
         with ResultsStore(out_dir, meta, restart=restart, rank=rank, world_size=world_size) as opened:
             yield opened
 
 
 def scan(
-    model,
+    backend,
     directions: Sequence[Direction],
     coords: Sequence[Sequence[float]],
     evaluator: Evaluator,
@@ -448,16 +442,15 @@ def scan(
     on_point: Callable[[dict], None] | None = None,
     rank: int = 0,
     world_size: int = 1,
-    perturber: Callable | None = None,
 ) -> ScanResult:
     """Evaluate ``evaluator`` at θ₀ + Σ cᵢ·dᵢ for each coordinate tuple.
 
-    The model's weights are restored bit for bit afterwards, also when the evaluator raises or the run
+    The backend's weights are restored bit for bit afterwards, also when the evaluator raises or the run
     is interrupted. With ``out_dir`` (or ``store``) each point is appended to disk as it finishes and a
     rerun resumes.
 
     Args:
-        model: the model (weights changed in place during the scan).
+        backend: a :class:`~landscape.backend.Backend` (an ``HFBackend`` moves its model in place).
         directions: one direction per coordinate.
         coords: points; each a tuple with one coefficient per direction.
         evaluator: what to measure at each point.
@@ -468,9 +461,6 @@ def scan(
         progress: show a progress bar over points.
         store: an open :class:`ResultsStore` (instead of ``out_dir``).
         on_point: called with each new record.
-        perturber: ``perturber(model, directions)`` returning a context manager with ``set_(coeffs)``;
-            default :class:`~landscape.perturb.Perturbation` (a Hugging Face model in place). The vLLM
-            backend passes ``lambda m, d: backend.perturbation(d)``.
         rank, world_size: this process's share of the points still to do (under torchrun: ``RANK`` and
             ``WORLD_SIZE``). Each rank appends to its own file; with a process group initialised the ranks
             meet at a barrier at the end and every rank returns the merged result.
@@ -482,14 +472,14 @@ def scan(
         if len(p) != len(directions):
             raise ValueError(f"scan: point {p} has {len(p)} coordinates for {len(directions)} directions")
         check_grid(p, "scan point")
-    with run_store(store, out_dir, model, directions, evaluator, meta, restart, rank, world_size, perturber) as st:
-        return _scan(model, directions, pts, evaluator, st, series, progress, on_point, rank, world_size, perturber)
+    with run_store(store, out_dir, backend, directions, evaluator, meta, restart, rank, world_size) as st:
+        return _scan(backend, directions, pts, evaluator, st, series, progress, on_point, rank, world_size)
 
 
-def _scan(model, directions, pts, evaluator, store, series, progress, on_point, rank, world_size, perturber):
+def _scan(backend, directions, pts, evaluator, store, series, progress, on_point, rank, world_size):
     from tqdm.auto import tqdm
 
-    runner = PointRunner(model, evaluator, store, on_point)
+    runner = PointRunner(backend, evaluator, store, on_point)
     done: dict[tuple[float, ...], dict] = {}
     mine = []
     # Grid points, not prompts, are spread over ranks, by their index in the full grid: every rank sees the
@@ -500,11 +490,10 @@ def _scan(model, directions, pts, evaluator, store, series, progress, on_point, 
             done[p] = rec  # is completed here
         elif i % world_size == rank:
             mine.append(p)
-    if perturber is None:
-        from ..perturb import Perturbation as perturber
-    with perturber(model, directions) as pert:
-        for p in tqdm(mine, desc=f"points ({series})", disable=not progress, leave=False):
-            done[p] = runner.evaluate(pert, series, p)
+    if mine:
+        with backend.attach(directions):
+            for p in tqdm(mine, desc=f"points ({series})", disable=not progress, leave=False):
+                done[p] = runner.evaluate(series, p)
     if world_size > 1:
         barrier()
         store.reload()
@@ -543,18 +532,17 @@ def process_group(world_size: int = 1, device: str = "cpu") -> Iterator[None]:
             dist.destroy_process_group()
 
 
-def scan_1d(model, direction: Direction, alphas: Sequence[float], evaluator: Evaluator, **kw) -> ScanResult:
+def scan_1d(backend, direction: Direction, alphas: Sequence[float], evaluator: Evaluator, **kw) -> ScanResult:
     """f(α) = evaluator(θ₀ + α·d) over ``alphas``."""
-    return scan(
-        model, [direction], [(a,) for a in check_grid(alphas, "alphas")], evaluator, **{"series": direction.name, **kw}
-    )
+    grid = [(a,) for a in check_grid(alphas, "alphas")]
+    return scan(backend, [direction], grid, evaluator, **{"series": direction.name, **kw})
 
 
 def scan_2d(
-    model, d1: Direction, d2: Direction, alphas: Sequence[float], betas: Sequence[float], evaluator: Evaluator, **kw
+    backend, d1: Direction, d2: Direction, alphas: Sequence[float], betas: Sequence[float], evaluator: Evaluator, **kw
 ) -> ScanResult:
     """f(α, β) = evaluator(θ₀ + α·d₁ + β·d₂) over the product grid (α outer, β inner)."""
     grid = list(itertools.product(check_grid(alphas, "alphas"), check_grid(betas, "betas")))
-    res = scan(model, [d1, d2], grid, evaluator, **{"series": f"{d1.name} x {d2.name}", **kw})
+    res = scan(backend, [d1, d2], grid, evaluator, **{"series": f"{d1.name} x {d2.name}", **kw})
     res.extra["shape"] = (len(alphas), len(betas))
     return res

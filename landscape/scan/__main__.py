@@ -16,15 +16,15 @@ Directions: saved direction directories, or, on the organism (no ``--aligned``),
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..epl import JUDGE_NAMES, NORMALIZATION_NAMES
+from ..epl import NORMALIZATION_NAMES
+from ..session import GenerationArgs, JudgeArgs, ModelArgs, OrganismArgs, PromptArgs
 
 
-@dataclass
-class ScanArgs:
+@dataclass(kw_only=True)
+class ScanArgs(ModelArgs, OrganismArgs, PromptArgs, JudgeArgs, GenerationArgs):
     """Arguments of ``python -m landscape.scan``."""
 
     direction: list[str] = field(metadata={"help": "one (1D) or two (2D) directions: saved directories or names"})
@@ -33,46 +33,27 @@ class ScanArgs:
     )
     out: str = field(metadata={"help": "results directory (a rerun resumes from it)"})
     betas: str | None = field(default=None, metadata={"help": "second axis (2D), as --alphas"})
-    aligned: str | None = field(default=None, metadata={"help": "model to perturb (default: the organism's aligned)"})
     normalization: str = field(
         default="layer",
         metadata={"help": "for organism directions computed on the fly", "choices": NORMALIZATION_NAMES},
     )
-    prompts: str | None = field(default=None, metadata={"help": "harmful prompts file (organism: its held-out set)"})
-    limit: int | None = field(default=80, metadata={"help": "use the first N prompts"})
-    judge: str = field(default="keyword", metadata={"help": "who decides an answer is unsafe", "choices": JUDGE_NAMES})
-    judge_path: str | None = field(default=None, metadata={"help": "local model directory of a guard / classifier"})
-    max_new_tokens: int = field(default=32, metadata={"help": "tokens generated per answer"})
-    batch_size: int | None = field(default=None, metadata={"help": "prompts per batch (default: all at once)"})
-    static_cache: bool = field(default=False, metadata={"help": "HF generate on a static KV cache (compiled on CUDA)"})
-    device: str | None = field(default=None, metadata={"help": "default: cuda:LOCAL_RANK with CUDA, else cpu"})
-    dtype: str = field(default="float32", metadata={"help": "model dtype: float32, bf16, fp16 or auto"})
-    preset: str = field(default="small", metadata={"help": "organism preset when no --aligned is given"})
-    cache_dir: str | None = field(default=None, metadata={"help": "organism cache root"})
     restart: bool = field(default=False, metadata={"help": "discard the results in --out and start over"})
     html: bool = field(default=True, metadata={"help": "write scan.html (plotly) beside scan.png"})
     judge_after: bool = field(
         default=False,
         metadata={"help": "generate at every point first, then judge all points in one batched pass (model judges)"},
     )
-    allow_foreign_direction: bool = field(
-        default=False,
-        metadata={"help": "apply directions computed from other checkpoints than --aligned (recorded in run.json)"},
-    )
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def __post_init__(self) -> None:
         if len(self.direction) not in (1, 2) or (len(self.direction) == 2) != (self.betas is not None):
             raise ValueError("give one --direction with --alphas, or two with --alphas and --betas")
-        if self.judge not in JUDGE_NAMES:
-            raise ValueError(f"Unknown judge {self.judge!r}. Available: {', '.join(JUDGE_NAMES)}")
-        if self.judge in ("guard", "classifier") and not self.judge_path:
-            raise ValueError(f"judge {self.judge!r} needs --judge_path (a local model directory)")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+        self.check_model_args()
+        self.check_prompt_args()
+        self.check_judge_args(organism=self.aligned is None)
+        if self.aligned is not None and self.prompts is None and not self.plan:
+            raise ValueError("--prompts is required with --aligned")
         self.grid()
-        from ..loading import resolve_dtype
-
-        resolve_dtype(self.dtype)
 
     def grid(self) -> list[tuple[float, ...]]:
         alphas = parse_axis(self.alphas, "--alphas")
@@ -99,6 +80,9 @@ def parse_axis(text: str, flag: str = "axis") -> list[float]:
         raise ValueError(f"{flag} {text!r}: {e}") from None
 
 
+ORGANISM_DIRECTIONS = "d_aligned, d_harm, random-N"
+
+
 def _directions(names: list[str], org, normalization: str):
     """Saved direction directories, or (on the organism) names that :meth:`Organism.direction` knows."""
     from ..directions import load_direction
@@ -114,49 +98,46 @@ def _directions(names: list[str], org, normalization: str):
     return out
 
 
-def run(args: ScanArgs):
-    """Run the scan (this process's share under torchrun) and write ``scan.png`` / ``scan.html`` on rank 0."""
-    import torch
+def plan(args: ScanArgs):
+    """``--plan``: the memory plan of the scan (its directions attached together), nothing loaded or run."""
+    from ..directions import load_direction
+    from ..memory import describe_direction
+    from ..session import memory_plan, model_shapes, planned_direction
 
-    from ..data import load_prompts
-    from ..generation import GenerationSettings, HFBackend
-    from ..judges import CachedJudge, make_judge
-    from ..loading import check_device, load_model
-    from . import SafetyEvaluator, process_group, scan
-
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    device = args.device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    check_device(device)
-    coords = args.grid()
-    org = None
     if args.aligned is None:
         from ..organism import build_organism
 
-        org = build_organism(args.preset, cache_dir=args.cache_dir, progress=False)
-    aligned = args.aligned or str(org["aligned"])
-    if args.prompts is None and org is None:
-        raise ValueError("--prompts is required with --aligned")
-    prompts = load_prompts(args.prompts or str(org.eval_prompts_csv), limit=args.limit)
-    dirs = _directions(args.direction, org, args.normalization)
-    from ..provenance import check_source
+        args.aligned = str(build_organism(args.preset, seed=args.seed, cache_dir=args.cache_dir)["aligned"])
+    shapes = model_shapes(args.aligned, args.dtype)[0]
+    specs = []
+    for n in args.direction:
+        if Path(n).exists():
+            specs.append(describe_direction(load_direction(n)))
+        else:
+            specs.append(planned_direction(n, shapes, regenerable=n.startswith("random-")))
+    batch = args.batch_size or args.limit or 80
+    return memory_plan(args, [specs], f"{len(specs)}D scan, its directions attached together", batch)
 
-    foreign = {d.name: note for d in dirs if (note := check_source(d, aligned, args.allow_foreign_direction))}
-    jkw = {"path": args.judge_path, "device": device} if args.judge in ("guard", "classifier") else {}
-    judge = CachedJudge(make_judge(args.judge, **jkw))
-    model, tok = load_model(aligned, dtype=args.dtype, device=device)
-    ev = SafetyEvaluator(
-        HFBackend(model, tok),
-        prompts,
-        judge,
-        GenerationSettings(
-            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, static_cache=args.static_cache
-        ),
-        defer_judging=args.judge_after,
-    )
-    with process_group(world, device):
+
+def run(args: ScanArgs):
+    """Run the scan (this process's share under torchrun) and write ``scan.png`` / ``scan.html`` on rank 0."""
+    if args.plan:
+        return plan(args)
+    from ..provenance import check_source
+    from ..session import open_session
+    from . import process_group, scan
+
+    s = open_session(args)
+    coords = args.grid()
+    dirs = _directions(args.direction, s.organism, args.normalization)
+    foreign = {d.name: note for d in dirs if (note := check_source(d, s.aligned, args.allow_foreign_direction))}
+    backend, dirs = s.open_backend(dirs, out=args.out)
+    if s.rank == 0:
+        print(backend.plan(dirs).line())
+    ev = s.evaluator(defer_judging=args.judge_after)
+    with process_group(s.world_size, s.device):
         res = scan(
-            model,
+            backend,
             dirs,
             coords,
             ev,
@@ -164,12 +145,14 @@ def run(args: ScanArgs):
             series=" x ".join(d.name for d in dirs),
             meta={"foreign_directions": foreign},
             restart=args.restart,
-            progress=rank == 0,
-            rank=rank,
-            world_size=world,
+            progress=args.progress and s.rank == 0,
+            rank=s.rank,
+            world_size=s.world_size,
         )
-    res.extra.update(rank=rank, world_size=world, total=len(coords), out=args.out, names=[d.name for d in dirs])
-    if rank == 0 and args.judge_after:
+    res.extra.update(
+        rank=s.rank, world_size=s.world_size, total=len(coords), out=args.out, names=[d.name for d in dirs]
+    )
+    if s.rank == 0 and args.judge_after:
         import json
 
         from ..results import RUN_FILE, ResultsStore
@@ -177,7 +160,7 @@ def run(args: ScanArgs):
 
         with ResultsStore(args.out, json.loads((Path(args.out) / RUN_FILE).read_text())) as store:
             judge_pending(res, ev, store)
-    if rank == 0:
+    if s.rank == 0:
         res.extra["pictures"] = write_pictures(res, Path(args.out), args.html)
     return res
 
@@ -203,6 +186,11 @@ def write_pictures(res, out: Path, html: bool) -> list[Path]:
 
 
 def _print(res) -> None:
+    from ..session import PlanReport
+
+    if isinstance(res, PlanReport):
+        print("\n".join(res.lines()))
+        return
     if res.extra["rank"] != 0:
         return
     asr = res.metric("asr")
