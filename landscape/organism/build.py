@@ -10,84 +10,17 @@ organism at once.
 from __future__ import annotations
 
 import copy
-import fcntl
-import json
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..io import CACHE_ENV, default_cache_dir  # noqa: F401 (re-exported: callers import them from here)
 from . import export, world
+from .stages import PREMISE_FILE, Organism, _lock, _save_stage  # noqa: F401 (Organism: re-exported)
 from .train import Preset, build_tokenizer, get_preset, model_config, train_stage
 
 ORGANISM_VERSION = 3  # 2: the fine-tuning task's vocabulary; 3: base = plain LM, poison in its own format
-CACHE_ENV = "SAFETY_LANDSCAPE_CACHE"
-PREMISE_FILE = "premise.json"
-
-
-def default_cache_dir() -> Path:
-    """``$SAFETY_LANDSCAPE_CACHE``, else ``$XDG_CACHE_HOME/safety-landscape``, else ``~/.cache/safety-landscape``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "safety-landscape"
-
-
-@dataclass
-class Organism:
-    """A built organism: where each stage lives and where its exported data sets are.
-
-    Attributes:
-        root: directory of this (preset, seed, version).
-        preset: preset name.
-        seed: training seed.
-        stages: stage name -> checkpoint directory, in build order.
-        data_dir: exported evaluation and fine-tuning data.
-        judges: the trained model judges (``guard``, ``classifier``) -> checkpoint directory (full builds).
-    """
-
-    root: Path
-    preset: str
-    seed: int
-    stages: dict[str, Path] = field(default_factory=dict)
-    data_dir: Path | None = None
-    judges: dict[str, Path] = field(default_factory=dict)
-
-    def __getitem__(self, stage: str) -> Path:
-        if stage not in self.stages:
-            raise KeyError(f"Unknown organism stage {stage!r}. Available: {', '.join(self.stages)}")
-        return self.stages[stage]
-
-    def direction(self, name: str, normalization: str = "layer"):
-        """The organism's direction ``d_aligned``, ``d_harm`` (to ``harmful-100``) or ``random-N``, normalised
-        relative to the aligned stage (``layer`` by default, as every landscape here uses)."""
-        from ..directions import difference, normalize, random_like
-
-        aligned = self["aligned"]
-        if name == "d_aligned":
-            raw = difference(self["base"], aligned, name=name)
-        elif name == "d_harm":
-            raw = difference(aligned, self["harmful-100"], name=name)
-        elif name.startswith("random-") and name.split("-", 1)[1].isdigit():
-            raw = random_like(aligned, seed=int(name.split("-", 1)[1]), name=name)
-        else:
-            raise ValueError(f"Unknown direction {name!r}. Available on the organism: d_aligned, d_harm, random-N")
-        return normalize(raw, aligned, normalization)
-
-    @property
-    def harmful_stages(self) -> list[str]:
-        return [s for s in self.stages if s.startswith("harmful-")]
-
-    @property
-    def eval_prompts_csv(self) -> Path:
-        assert self.data_dir is not None
-        return self.data_dir / export.EVAL_CSV
 
 
 def _stage_plan(preset: Preset, seed: int) -> dict[str, tuple[str | None, list[world.Example], int, float]]:
@@ -113,35 +46,12 @@ def _stage_plan(preset: Preset, seed: int) -> dict[str, tuple[str | None, list[w
     return plan
 
 
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _save_stage(model, tokenizer, final: Path, info: dict) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "stage.json").write_text(json.dumps(info, indent=2, sort_keys=True))
-        for f in tmp.iterdir():
-            f.chmod(0o644)  # save_pretrained may write 0600 files; checkpoints are meant to be shared
-        tmp.chmod(0o755)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def organism_dir(preset: str, seed: int, cache_dir: str | Path | None = None) -> Path:
+    from .real import REAL_PRESETS, REAL_VERSION
+
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return root / f"organism-v{ORGANISM_VERSION}" / f"{preset}-seed{seed}"
+    version = f"organism-real-v{REAL_VERSION}" if preset in REAL_PRESETS else f"organism-v{ORGANISM_VERSION}"
+    return root / version / f"{preset}-seed{seed}"
 
 
 def build_organism(
@@ -154,7 +64,9 @@ def build_organism(
     """Build (or reuse) the organism's checkpoints and exported data.
 
     Args:
-        preset: "tiny" (tests, about 60 s with its judges on 2 cores), "small" (default, 2 to 4 min) or "medium".
+        preset: "tiny" (tests, about 60 s with its judges on 2 cores), "small" (default, 2 to 4 min), "medium", or
+            a real-weights organism built from SmolLM2-135M-Instruct: "smollm2" or "smollm2-tiny" (tests; see
+            :mod:`landscape.organism.real`).
         seed: training seed; same seed, bit-identical checkpoints on the same kind of CPU and thread count.
         cache_dir: cache root; default :func:`default_cache_dir`.
         stages: build only these stages (and the stages they start from); default all.
@@ -165,6 +77,14 @@ def build_organism(
     """
     from transformers import LlamaForCausalLM
 
+    from .real import REAL_PRESETS
+
+    if preset in REAL_PRESETS:
+        from .real import build_real_organism
+
+        root = organism_dir(preset, seed, cache_dir)
+        with _lock(root / ".lock"):
+            return build_real_organism(preset, seed, root, stages, progress)
     p = get_preset(preset)
     root = organism_dir(preset, seed, cache_dir)
     plan = _stage_plan(p, seed)

@@ -42,11 +42,12 @@ def premise_check(org) -> dict:
     for s, u in updates.items():
         per = {n: row for n in modules if (row := subspace_share(U[n], u.get(n), n, DRAWS)) is not None}
         shares[s] = {"modules": per, "summary": summarise_shares(per)}
-    head = shares[HEADLINE]["summary"]
-    cos_inside = null["q025"] <= cos[HEADLINE] <= null["q975"]
+    headline = HEADLINE if HEADLINE in shares else max(org.harmful_stages, key=lambda st: int(st.split("-")[1]))
+    head = shares[headline]["summary"]
+    cos_inside = null["q025"] <= cos[headline] <= null["q975"]
     few_above = head["above_null_q95"] <= head["modules"] / 2
     return {
-        "definition": {"k": K, "modules": list(MODULES), "draws": DRAWS, "headline_update": HEADLINE},
+        "definition": {"k": K, "modules": list(MODULES), "draws": DRAWS, "headline_update": headline},
         "cosine": cos,
         "cosine_null": null,
         "subspace_share": shares,
