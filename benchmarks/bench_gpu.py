@@ -70,9 +70,9 @@ def copy_bandwidth(dev: str, nbytes: int = 1 << 30) -> float:
 def main(argv: list[str] | None = None) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from landscape.backend import HFBackend
     from landscape.directions import Direction
-    from landscape.generation import GenerationSettings, HFBackend
-    from landscape.perturb import Perturbation
+    from landscape.generation import GenerationSettings
     from landscape.tensors import MemoryStore
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,16 +104,17 @@ def main(argv: list[str] | None = None) -> dict:
     class _Tok:  # the HF backend only needs these from a tokenizer
         eos_token_id, pad_token_id = 2, 0
 
-    backend = HFBackend(model, _Tok())
+    # fp32 directions on the device, as this benchmark has always measured (placement auto could pick host)
+    backend = HFBackend(model, _Tok(), placement="device-fp32")
     settings = GenerationSettings(max_new_tokens=ns.new_tokens, ignore_eos=True)
     alphas = [0.001 * (i + 1) for i in range(ns.points)]
-    with Perturbation(model, [d]) as pert:
-        pert.set_((alphas[0],))
+    with backend.attach([d]):
+        backend.set_point((alphas[0],))
         backend.generate_ids(ids[:2], GenerationSettings(max_new_tokens=2, ignore_eos=True))  # warm-up
         sync(dev)
         t0 = time.perf_counter()
         for a in alphas:
-            pert.set_((a,))
+            backend.set_point((a,))
             out = backend.generate_ids(ids, settings)
         sync(dev)
         ours = (time.perf_counter() - t0) / len(alphas)

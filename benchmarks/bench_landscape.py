@@ -56,13 +56,13 @@ def peng_point(model, tok, orig_sd, direction, alpha, prompts, max_new_tokens, j
 def main(argv: list[str] | None = None) -> dict:
     import warnings
 
+    from landscape.backend import HFBackend
     from landscape.directions import difference, normalize, random_like
-    from landscape.generation import GenerationSettings, HFBackend
+    from landscape.generation import GenerationSettings
     from landscape.judges import CachedJudge, KeywordJudge
     from landscape.loading import load_model
     from landscape.metrics import epl_adaptive, epl_from_grid
     from landscape.organism import build_organism, world
-    from landscape.perturb import Perturbation
     from landscape.scan import SafetyEvaluator, linspace, scan_1d
 
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     org = build_organism(ns.preset, progress=False)
     prompts = world.eval_prompts()[: ns.prompts]
     model, tok = load_model(org["aligned"])
+    backend = HFBackend(model, tok)
     aligned = str(org["aligned"])
     dirs = {
         "d_aligned": normalize(difference(org["base"], aligned, name="d_aligned"), aligned),
@@ -96,7 +97,6 @@ def main(argv: list[str] | None = None) -> dict:
     def new_evaluator() -> SafetyEvaluator:
         """Ours: one batch per point, keyword verdicts cached (a fresh cache for each measurement)."""
         return SafetyEvaluator(
-            HFBackend(model, tok),
             prompts,
             CachedJudge(KeywordJudge()),
             GenerationSettings(max_new_tokens=ns.max_new_tokens),
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     model.load_state_dict(orig_sd)
     ev = new_evaluator()
     t0 = time.perf_counter()
-    ours = scan_1d(model, d, alphas, ev, progress=False)
+    ours = scan_1d(backend, d, alphas, ev, progress=False)
     ours_s = (time.perf_counter() - t0) / len(alphas)
     same_asr = [p[0] for p in peng] == ours.metric("asr").tolist()
     same_answers = all(p[1] == r["metrics"]["responses"] for p, r in zip(peng, ours.records, strict=True))
@@ -134,16 +134,16 @@ def main(argv: list[str] | None = None) -> dict:
     for name, dd in dirs.items():
         ev = new_evaluator()
         t0 = time.perf_counter()
-        res = scan_1d(model, dd, grid, ev, progress=False)
+        res = scan_1d(backend, dd, grid, ev, progress=False)
         grid_s = time.perf_counter() - t0
         g = {s: epl_from_grid(grid, res.metric("asr"), 50.0, s) for s in (1, -1)}
         ev = new_evaluator()
         t0 = time.perf_counter()
-        with Perturbation(model, [dd]) as pert:
+        with backend.attach([dd]):
 
-            def f(a, pert=pert, ev=ev):
-                pert.set_((a,))
-                return ev(model)["asr"]
+            def f(a, ev=ev):
+                backend.set_point((a,))
+                return ev(backend)["asr"]
 
             center = f(0.0)
             ad = {

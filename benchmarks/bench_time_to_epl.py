@@ -81,8 +81,9 @@ def decode_loop(model, batch_ids: list[list[int]], pad_id: int, eos_ids: list[in
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from landscape.backend import HFBackend
     from landscape.directions import difference, normalize, random_like
-    from landscape.generation import GenerationSettings, HFBackend
+    from landscape.generation import GenerationSettings
     from landscape.judges import CachedJudge, KeywordJudge
     from landscape.loading import load_model
     from landscape.organism import build_organism, world
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     org = build_organism(ns.preset, progress=False)
     model, tok = load_model(org["aligned"])
+    backend = HFBackend(model, tok)
     aligned = str(org["aligned"])
     dirs = [
         normalize(difference(org["base"], aligned, name="d_aligned"), aligned),
@@ -117,9 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
 
     def run(settings: EplSettings, out: Path):
-        ev = SafetyEvaluator(HFBackend(model, tok), prompts, CachedJudge(KeywordJudge()), gen)
+        ev = SafetyEvaluator(prompts, CachedJudge(KeywordJudge()), gen)
         t0 = time.perf_counter()
-        rep = effective_perturbation_length(model, dirs, ev, settings, out_dir=out, progress=False)
+        rep = effective_perturbation_length(backend, dirs, ev, settings, out_dir=out, progress=False)
         return rep, time.perf_counter() - t0
 
     runs: dict[str, list] = {m: [] for m in modes}
@@ -154,10 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
         }
 
     # (b) decode loop vs model.generate at the same batch size, on the exact run's points
-    from landscape.perturb import Perturbation
     from landscape.text import left_pad
 
-    backend = HFBackend(model, tok)
     eos_ids = backend.eos_ids.tolist()
     all_ids = backend.encode(prompts, gen)
     by_name = {d.name: d for d in dirs}
@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
         loop_s = gen_s = raw_s = 0.0
         identical = True
         for series, a in sample:
-            with Perturbation(model, [by_name.get(series, dirs[0])]) as pert:
-                pert.set_((a if series in by_name else 0.0,))
+            with backend.attach([by_name.get(series, dirs[0])]):
+                backend.set_point((a if series in by_name else 0.0,))
                 for _ in range(2):  # interleaved, twice each; the first call of each warms up
                     x, mask, _ = left_pad(ids, backend.pad_id)
                     t0 = time.perf_counter()

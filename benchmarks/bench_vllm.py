@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     import torch
 
+    from landscape.backend import HFBackend
     from landscape.directions import load_direction, save_direction
-    from landscape.generation import GenerationSettings, HFBackend
+    from landscape.generation import GenerationSettings
     from landscape.loading import load_model
     from landscape.organism import build_organism, world
-    from landscape.perturb import Perturbation
     from landscape.results import environment
     from landscape.vllm_backend import VLLMBackend
 
@@ -59,18 +59,18 @@ def main(argv: list[str] | None = None) -> dict:
     )
     startup = time.perf_counter() - t0
     rows, same = [], []
-    with Perturbation(model, [d]) as hp, engine.perturbation([d]) as vp:
-        hp.set_((0.0,))
+    with hf.attach([d]), engine.attach([d]):
+        hf.set_point((0.0,))
         hf.generate(prompts, s)  # warm-up
-        vp.set_((0.0,))
+        engine.set_point((0.0,))
         engine.generate(prompts, s)
         for a in alphas:
             t = time.perf_counter()
-            hp.set_((a,))
+            hf.set_point((a,))
             h = hf.generate(prompts, s)
             th = time.perf_counter() - t
             t = time.perf_counter()
-            vp.set_((a,))
+            engine.set_point((a,))
             v = engine.generate(prompts, s)
             tv = time.perf_counter() - t
             same.append(h == v)
