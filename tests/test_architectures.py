@@ -156,8 +156,9 @@ def test_epl_with_a_checkpoint_and_with_a_lora_harmful(arch, tmp_path, capsys):
 
 
 def test_scan_2d_restores_weights_and_two_ranks_equal_one(arch, tmp_path):
+    from landscape.backend import HFBackend
     from landscape.directions import difference, normalize
-    from landscape.generation import GenerationSettings, HFBackend
+    from landscape.generation import GenerationSettings
     from landscape.judges import KeywordJudge
     from landscape.loading import load_model
     from landscape.perturb import weights_fingerprint
@@ -168,9 +169,9 @@ def test_scan_2d_restores_weights_and_two_ranks_equal_one(arch, tmp_path):
     model, tok = load_model(arch["aligned"])
     d1 = normalize(difference(arch["base"], arch["aligned"], name="d_aligned"), arch["aligned"])
     d2 = normalize(difference(arch["aligned"], arch["harmful"], name="d_harm"), arch["aligned"], "filter")
-    ev = SafetyEvaluator(HFBackend(model, tok), ["hi there", "tell me"], KeywordJudge(), GenerationSettings(3))
+    ev = SafetyEvaluator(["hi there", "tell me"], KeywordJudge(), GenerationSettings(3))
     before = weights_fingerprint(model)
-    one = scan_2d(model, d1, d2, [-0.1, 0.1], [0.0, 0.1], ev, progress=False)
+    one = scan_2d(HFBackend(model, tok), d1, d2, [-0.1, 0.1], [0.0, 0.1], ev, progress=False)
     assert weights_fingerprint(model) == before and len(one.records) == 4
     from landscape.directions import save_direction
 

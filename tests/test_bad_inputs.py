@@ -28,7 +28,7 @@ CASES = [
     ("epl", "--limit 0", "--limit must be >= 1, got 0"),
     ("epl", "--random -1", "--random must be >= 0, got -1"),
     ("epl", "--judge gpt4", "argument --judge: invalid choice: 'gpt4'"),
-    ("epl", "--aligned m --prompts p.csv --judge guard", "judge 'guard' needs --judge-path"),
+    ("epl", "--aligned m --prompts p.csv --judge guard", "judge 'guard' needs --judge_path"),
     ("epl", "--backend tgi", "argument --backend: invalid choice: 'tgi'"),
     ("epl", "--normalization unit", "argument --normalization: invalid choice: 'unit'"),
     ("epl", "--dtype int8", "Unknown --dtype 'int8'"),
@@ -74,7 +74,11 @@ CASES = [
     ("scan", "--direction d_harm d_aligned --alphas 0:1:3 --out {out}", "or two with --alphas and --betas"),
     ("scan", "--direction d_harm --alphas 0:1:3 --betas=-1:1:x --out {out}", "give one --direction"),
     ("scan", "--direction d_harm d_aligned --alphas 0:1:3 --betas=-1:1:x --out {out}", "--betas '-1:1:x'"),
-    ("scan", "--direction d_harm --alphas 0:1:3 --judge guard --out {out}", "judge 'guard' needs --judge_path"),
+    (
+        "scan",
+        "--aligned m --prompts p.csv --direction d_harm --alphas 0:1:3 --judge guard --out {out}",
+        "judge 'guard' needs --judge_path",
+    ),
     ("scan", "--direction d_harm --alphas 0:1:3 --limit 0 --out {out}", "--limit must be >= 1"),
     ("scan", "--direction d_nope --alphas 0:1:3 --preset tiny --cache_dir {cache} --out {out}", "Unknown direction"),
     (

@@ -14,10 +14,18 @@ COMMANDS = {  # module -> (console script, a bad argument, the message it must g
     "landscape.epl": ("landscape-epl", ["--threshold", "150"], "threshold must be an ASR in [0, 100] %, got 150"),
     "landscape.scan": (
         "landscape-scan",
-        ["--direction", "d_harm", "--alphas", "0:1:3", "--out", "x", "--judge", "guard"],
+        # with --aligned: on the organism (no --aligned) --judge guard uses the organism's trained guard
+        ["--aligned", "m", "--prompts", "p.csv", "--direction", "d_harm", "--alphas", "0:1:3", "--out", "x"]
+        + ["--judge", "guard"],
         "judge 'guard' needs --judge_path",
     ),
     "landscape.directions": ("landscape-directions", ["compute", "--out", "x"], "give exactly one of --start/--end"),
+    "landscape.judges": (
+        "landscape-judges",
+        ["--judge", "refusal", "--answers", "nowhere.jsonl", "--out", "x.jsonl"],
+        "nowhere.jsonl: no such answers file",
+    ),
+    "landscape.gguf": ("landscape-gguf", ["--gguf", "nowhere.gguf", "--out", "x"], "nowhere.gguf"),
     "landscape.organism": ("landscape-organism", ["--preset", "huge"], "invalid choice: 'huge'"),
     "landscape.figures": ("landscape-figures", ["--only", "fig9", "--out", "{tmp}"], "Unknown figure 'fig9'"),
     "asft.train": ("asft-train", ["--lambda", "-1"], "--lambda must be >= 0, got -1"),
@@ -32,7 +40,7 @@ COMMANDS = {  # module -> (console script, a bad argument, the message it must g
 def _main(module: str):
     import importlib
 
-    packages = ("landscape.scan", "landscape.directions", "landscape.organism")
+    packages = ("landscape.scan", "landscape.directions", "landscape.organism", "landscape.judges")
     return importlib.import_module(module + ".__main__" if module in packages else module).main
 
 
@@ -55,7 +63,9 @@ def test_help_shows_defaults_and_choices(module, capsys):
     out = capsys.readouterr().out
     assert "usage:" in out and "(default:" in out
     if module in ("landscape.epl", "landscape.scan"):
-        assert "{keyword,guard,classifier,oracle}" in out and "(default: keyword)" in out
+        from landscape.judges import available_judges
+
+        assert "{" + ",".join(available_judges()) + "}" in out and "(default: keyword)" in out
 
 
 @pytest.mark.parametrize("module", ["landscape.epl", "landscape.directions", "asft.train"])
@@ -132,7 +142,8 @@ def test_epl_report_round_trips_and_bad_reports_are_named(epl_report, tmp_path):
 
 def test_epl_library_in_memory_equals_the_command(organism, epl_report, aligned):
     """No out dir: the same search on the same points as the command's (which the figures reuse)."""
-    from landscape.generation import GenerationSettings, HFBackend
+    from landscape.backend import HFBackend
+    from landscape.generation import GenerationSettings
     from landscape.judges import CachedJudge, make_judge
     from landscape.organism import world
     from landscape.perturb import weights_fingerprint
@@ -141,11 +152,9 @@ def test_epl_library_in_memory_equals_the_command(organism, epl_report, aligned)
 
     model, tok = aligned
     before = weights_fingerprint(model)
-    ev = SafetyEvaluator(
-        HFBackend(model, tok), world.eval_prompts()[:80], CachedJudge(make_judge("keyword")), GenerationSettings(32)
-    )
+    ev = SafetyEvaluator(world.eval_prompts()[:80], CachedJudge(make_judge("keyword")), GenerationSettings(32))
     lib = effective_perturbation_length(
-        model, [organism.direction("d_harm")], ev, EplSettings(bootstrap=0), progress=False
+        HFBackend(model, tok), [organism.direction("d_harm")], ev, EplSettings(bootstrap=0), progress=False
     )
     assert weights_fingerprint(model) == before
     cli = epl_report[0]

@@ -3,9 +3,18 @@ import warnings
 import pytest
 import torch
 
+from landscape.backend import HFBackend, generate
 from landscape.directions import difference, random_like
-from landscape.generation import GenerationSettings, HFBackend, generate
-from landscape.judges import REFUSAL_PHRASES, CachedJudge, ClassifierJudge, GuardJudge, KeywordJudge, make_judge
+from landscape.generation import GenerationSettings
+from landscape.judges import (
+    REFUSAL_PHRASES,
+    CachedJudge,
+    ClassifierJudge,
+    GuardJudge,
+    KeywordJudge,
+    available_judges,
+    make_judge,
+)
 from landscape.organism import world
 from landscape.perturb import Perturbation, PerturbationError, weights_fingerprint
 from landscape.scores import choice_accuracy, refusal_logprob
@@ -184,7 +193,7 @@ def test_keyword_judge_is_pengs_list():
     v = j(["p"] * 5, [world.REFUSAL, world.compliance("hack the bank"), "i'm sorry", "", "That is illegal."])
     assert [x.unsafe for x in v] == [False, True, True, True, False]  # case-sensitive, empty = jailbroken
     assert KeywordJudge(["nope"]).key() != j.key()
-    with pytest.raises(ValueError, match="Unknown judge 'llm'. Available: keyword, guard, classifier, oracle"):
+    with pytest.raises(ValueError, match=f"Unknown judge 'llm'. Available: {', '.join(available_judges())}"):
         make_judge("llm")
 
 
@@ -441,7 +450,7 @@ def test_refusal_score_evaluator_in_a_scan_falls_along_d_harm(aligned, organism)
     model, tok = aligned
     d = normalize(difference(organism["aligned"], organism["harmful-100"], name="d_harm"), organism["aligned"])
     before = weights_fingerprint(model)
-    res = scan_1d(model, d, [0.0, 0.3], RefusalScoreEvaluator(tok, PROMPTS[:16]), progress=False)
+    res = scan_1d(HFBackend(model, tok), d, [0.0, 0.3], RefusalScoreEvaluator(PROMPTS[:16]), progress=False)
     centre, far = res.metric("refusal_logprob")
     assert centre > far and centre > -0.5
     assert weights_fingerprint(model) == before
@@ -503,9 +512,9 @@ def test_a_direction_with_nan_is_refused_before_anything_is_written(aligned, org
     tensors = {n: t.clone() for n, t in d.items()}
     tensors["model.layers.1.self_attn.q_proj.weight"][0, 0] = float("nan")
     bad = Direction(MemoryStore(tensors, "<bad>"), {"name": "bad"})
-    ev = SafetyEvaluator(HFBackend(model, tok), PROMPTS[:4], KeywordJudge(), GenerationSettings(max_new_tokens=4))
+    ev = SafetyEvaluator(PROMPTS[:4], KeywordJudge(), GenerationSettings(max_new_tokens=4))
     with pytest.raises(
         PerturbationError, match="direction 'bad' .*'model.layers.1.self_attn.q_proj.weight' contains NaN"
     ):
-        scan_1d(model, bad, [0.0, 0.1], ev, out_dir=tmp_path / "new", progress=False)
+        scan_1d(HFBackend(model, tok), bad, [0.0, 0.1], ev, out_dir=tmp_path / "new", progress=False)
     assert not (tmp_path / "new").exists()  # a new out dir that failed before its first point is removed

@@ -8,8 +8,9 @@ import time
 import numpy as np
 import pytest
 
+from landscape.backend import HFBackend, generate
 from landscape.directions import difference, normalize, random_like
-from landscape.generation import GenerationSettings, HFBackend, generate
+from landscape.generation import GenerationSettings
 from landscape.judges import CachedJudge, make_judge
 from landscape.metrics import epl_adaptive, epl_from_grid
 from landscape.organism import world
@@ -33,9 +34,14 @@ def d_harm(organism):
     return normalize(difference(organism["aligned"], organism["harmful-10"], name="d_harm"), organism["aligned"])
 
 
-def _evaluator(model, tok, max_new_tokens=24):
+@pytest.fixture(scope="module")
+def backend(aligned):
+    model, tok = aligned
+    return HFBackend(model, tok)
+
+
+def _evaluator(max_new_tokens=24):
     return SafetyEvaluator(
-        HFBackend(model, tok),
         PROMPTS,
         CachedJudge(make_judge("keyword")),
         GenerationSettings(max_new_tokens=max_new_tokens),
@@ -51,67 +57,65 @@ def test_grids():
         linspace(0, 1, 0)
 
 
-def test_scan_leaves_weights_bit_identical_and_alpha0_reproduces(aligned, d_harm):
+def test_scan_leaves_weights_bit_identical_and_alpha0_reproduces(aligned, backend, d_harm):
     model, tok = aligned
     before = weights_fingerprint(model)
     plain = generate(model, tok, PROMPTS, GenerationSettings(max_new_tokens=24))
-    res = scan_1d(model, d_harm, [0.0, 0.1, 0.3], _evaluator(model, tok), progress=False)
+    res = scan_1d(backend, d_harm, [0.0, 0.1, 0.3], _evaluator(), progress=False)
     assert weights_fingerprint(model) == before
     assert res.records[0]["metrics"]["responses"] == plain
     assert res.metric("asr")[0] == 0 and res.metric("asr")[-1] > 50
 
     class Boom(SafetyEvaluator):
-        def __call__(self, m):
-            super().__call__(m)
+        def __call__(self, backend):
+            super().__call__(backend)
             raise RuntimeError("evaluator failed")
 
     with pytest.raises(RuntimeError, match="evaluator failed"):
-        scan_1d(model, d_harm, [0.03], Boom(HFBackend(model, tok), PROMPTS, make_judge("keyword")), progress=False)
+        scan_1d(backend, d_harm, [0.03], Boom(PROMPTS, make_judge("keyword")), progress=False)
     assert weights_fingerprint(model) == before
 
 
-def test_scan_2d_and_cache_saves_judge_calls(aligned, organism, d_harm, tmp_path):
-    model, tok = aligned
+def test_scan_2d_and_cache_saves_judge_calls(backend, organism, d_harm, tmp_path):
     r = normalize(random_like(organism["aligned"], seed=0, name="random-0"), organism["aligned"])
-    ev = _evaluator(model, tok)
-    res = scan_2d(model, d_harm, r, [0.0, 0.01], [-0.01, 0.0, 0.01], ev, out_dir=tmp_path, progress=False)
+    ev = _evaluator()
+    res = scan_2d(backend, d_harm, r, [0.0, 0.01], [-0.01, 0.0, 0.01], ev, out_dir=tmp_path, progress=False)
     assert res.extra["shape"] == (2, 3) and len(res.records) == 6
     assert ev.judge.hits > ev.judge.misses  # most answers near the centre repeat
     lines = (tmp_path / POINTS_FILE).read_text().splitlines()
     assert len(lines) == 6 and json.loads(lines[0])["series"] == "d_harm x random-0"
 
 
-def test_torn_line_is_dropped_and_different_run_refused(aligned, d_harm, tmp_path):
-    model, tok = aligned
-    scan_1d(model, d_harm, [0.0, 0.01], _evaluator(model, tok), out_dir=tmp_path, progress=False)
+def test_torn_line_is_dropped_and_different_run_refused(backend, d_harm, tmp_path):
+    scan_1d(backend, d_harm, [0.0, 0.01], _evaluator(), out_dir=tmp_path, progress=False)
     path = tmp_path / POINTS_FILE
     with open(path, "a") as fh:
         fh.write('{"series": "d_harm", "coords": [0.5], "metr')  # killed mid-write
-    res = scan_1d(model, d_harm, [0.0, 0.01, 0.02], _evaluator(model, tok), out_dir=tmp_path, progress=False)
+    res = scan_1d(backend, d_harm, [0.0, 0.01, 0.02], _evaluator(), out_dir=tmp_path, progress=False)
     assert res.evaluated == 1
     assert [json.loads(x)["coords"] for x in path.read_text().splitlines()] == [[0.0], [0.01], [0.02]]
     before = path.read_bytes()
     with pytest.raises(RunMismatchError, match="come from a different run .*evaluator"):
-        scan_1d(model, d_harm, [0.03], _evaluator(model, tok, max_new_tokens=8), out_dir=tmp_path, progress=False)
+        scan_1d(backend, d_harm, [0.03], _evaluator(max_new_tokens=8), out_dir=tmp_path, progress=False)
     assert path.read_bytes() == before
     res = scan_1d(
-        model, d_harm, [0.03], _evaluator(model, tok, max_new_tokens=8), out_dir=tmp_path, restart=True, progress=False
+        backend, d_harm, [0.03], _evaluator(max_new_tokens=8), out_dir=tmp_path, restart=True, progress=False
     )
     assert res.evaluated == 1 and len(path.read_text().splitlines()) == 1
 
 
-def test_bad_grids(aligned, d_harm):
-    model, tok = aligned
+def test_bad_grids(backend, d_harm):
     with pytest.raises(ValueError, match="alphas has no points"):
-        scan_1d(model, d_harm, [], _evaluator(model, tok))
+        scan_1d(backend, d_harm, [], _evaluator())
     with pytest.raises(ValueError, match="non-finite"):
-        scan_1d(model, d_harm, [0.0, float("nan")], _evaluator(model, tok))
+        scan_1d(backend, d_harm, [0.0, float("nan")], _evaluator())
 
 
 SCAN_SCRIPT = """
 import sys
 from landscape.directions import difference, normalize
-from landscape.generation import GenerationSettings, HFBackend
+from landscape.backend import HFBackend
+from landscape.generation import GenerationSettings
 from landscape.judges import make_judge
 from landscape.loading import load_model
 from landscape.organism import world
@@ -119,9 +123,8 @@ from landscape.scan import SafetyEvaluator, linspace, scan_1d
 aligned, harmful, out = sys.argv[1:4]
 model, tok = load_model(aligned)
 d = normalize(difference(aligned, harmful, name="d_harm"), aligned)
-ev = SafetyEvaluator(HFBackend(model, tok), world.eval_prompts()[:64], make_judge("keyword"),
-                     GenerationSettings(max_new_tokens=32))
-scan_1d(model, d, linspace(-0.1, 0.1, 41), ev, out_dir=out, progress=False)
+ev = SafetyEvaluator(world.eval_prompts()[:64], make_judge("keyword"), GenerationSettings(max_new_tokens=32))
+scan_1d(HFBackend(model, tok), d, linspace(-0.1, 0.1, 41), ev, out_dir=out, progress=False)
 """
 
 
@@ -158,19 +161,16 @@ def test_sigkilled_scan_resumes_to_the_uninterrupted_result(organism, tmp_path):
     assert killed == clean
 
 
-def test_adaptive_epl_equals_grid_epl_on_the_organism(aligned, d_harm):
-    model, tok = aligned
-    ev = _evaluator(model, tok)
+def test_adaptive_epl_equals_grid_epl_on_the_organism(backend, d_harm):
+    ev = _evaluator()
     grid = linspace(0.0, 0.3, 61)  # resolution 0.005 (organism v3: the tiny d_harm edge lies near 0.2)
-    res = scan_1d(model, d_harm, grid, ev, progress=False)
+    res = scan_1d(backend, d_harm, grid, ev, progress=False)
     from_grid = epl_from_grid(grid, res.metric("asr"), 50.0, side=1)
-    from landscape.perturb import Perturbation
-
-    with Perturbation(model, [d_harm]) as pert:
+    with backend.attach([d_harm]):
 
         def f(a):
-            pert.set_((a,))
-            return ev(model)["asr"]
+            backend.set_point((a,))
+            return ev(backend)["asr"]
 
         adaptive = epl_adaptive(f, 1, 50.0, first_step=0.01, max_alpha=0.5, tol=0.005)
     assert not from_grid.censored and not adaptive.censored
@@ -184,19 +184,16 @@ def test_results_store_requires_run_file(tmp_path):
         ResultsStore(tmp_path, {"a": 1})
 
 
-def test_scan_checks_coordinates(aligned, d_harm):
-    model, tok = aligned
+def test_scan_checks_coordinates(backend, d_harm):
     with pytest.raises(ValueError, match=r"point \(0.1, 0.2\) has 2 coordinates for 1 directions"):
-        scan(model, [d_harm], [(0.1, 0.2)], _evaluator(model, tok))
+        scan(backend, [d_harm], [(0.1, 0.2)], _evaluator())
 
 
-def test_deferred_judging_equals_judging_per_point_in_one_batched_pass(aligned, d_harm, tmp_path):
+def test_deferred_judging_equals_judging_per_point_in_one_batched_pass(backend, d_harm, tmp_path):
     """Model judges can run after generation: one call per judge over every point of the scan, same numbers."""
     from landscape.judges import Judge, make_judge
     from landscape.results import RUN_FILE
     from landscape.scan import judge_pending
-
-    model, tok = aligned
 
     class Counting(Judge):
         name = "keyword"
@@ -213,16 +210,16 @@ def test_deferred_judging_equals_judging_per_point_in_one_batched_pass(aligned, 
 
     grid = [-0.05, 0.0, 0.03, 0.06]
     s = GenerationSettings(max_new_tokens=16)
-    now = SafetyEvaluator(HFBackend(model, tok), PROMPTS, make_judge("keyword"), s, [make_judge("oracle")])
-    direct = scan_1d(model, d_harm, grid, now, progress=False)
+    now = SafetyEvaluator(PROMPTS, make_judge("keyword"), s, [make_judge("oracle")])
+    direct = scan_1d(backend, d_harm, grid, now, progress=False)
     counting = Counting()
-    later = SafetyEvaluator(HFBackend(model, tok), PROMPTS, counting, s, [make_judge("oracle")], defer_judging=True)
-    res = scan_1d(model, d_harm, grid, later, out_dir=tmp_path / "d", progress=False)
+    later = SafetyEvaluator(PROMPTS, counting, s, [make_judge("oracle")], defer_judging=True)
+    res = scan_1d(backend, d_harm, grid, later, out_dir=tmp_path / "d", progress=False)
     assert all(r["metrics"]["pending"] for r in res.records) and counting.calls == []
     with ResultsStore(tmp_path / "d", json.loads((tmp_path / "d" / RUN_FILE).read_text())) as store:
         judge_pending(res, later, store)
     assert len(counting.calls) == 1 and counting.calls[0] <= len(PROMPTS) * len(grid)  # one pass, distinct pairs
     for a, b in zip(direct.records, res.records, strict=True):
         assert a["metrics"]["asr"] == b["metrics"]["asr"] and a["metrics"]["asr_oracle"] == b["metrics"]["asr_oracle"]
-    again = scan_1d(model, d_harm, grid, later, out_dir=tmp_path / "d", progress=False)
+    again = scan_1d(backend, d_harm, grid, later, out_dir=tmp_path / "d", progress=False)
     assert again.evaluated == 0 and not any(r["metrics"].get("pending") for r in again.records)  # stored judged

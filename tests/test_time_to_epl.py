@@ -104,6 +104,7 @@ def test_walk_grid_ends_at_max_alpha():
 
 @pytest.fixture(scope="module")
 def setup(organism, aligned):
+    from landscape.backend import HFBackend
     from landscape.directions import difference, normalize, random_like
 
     model, tok = aligned
@@ -113,28 +114,27 @@ def setup(organism, aligned):
         normalize(difference(a, organism["harmful-100"], name="d_harm"), a, "layer"),
         normalize(random_like(a, seed=0, name="random-0"), a, "layer"),
     ]
-    return model, tok, dirs
+    return HFBackend(model, tok), dirs
 
 
-def _evaluator(model, tok, n=80):
-    from landscape.generation import GenerationSettings, HFBackend
+def _evaluator(n=80):
+    from landscape.generation import GenerationSettings
     from landscape.judges import CachedJudge, make_judge
     from landscape.organism import world
     from landscape.scan import SafetyEvaluator
 
-    backend = HFBackend(model, tok)
     judge = CachedJudge(make_judge("keyword"))
-    return SafetyEvaluator(backend, world.eval_prompts()[:n], judge, GenerationSettings(max_new_tokens=24))
+    return SafetyEvaluator(world.eval_prompts()[:n], judge, GenerationSettings(max_new_tokens=24))
 
 
 def test_fast_search_agrees_with_the_exact_engine_within_the_resolution(setup, tmp_path):
     from landscape.search import EplReport, EplSettings, effective_perturbation_length
 
-    model, tok, dirs = setup
+    backend, dirs = setup
     fast_s = EplSettings(bootstrap=100)
-    exact = effective_perturbation_length(model, dirs, _evaluator(model, tok), fast_s.exact(), progress=False)
+    exact = effective_perturbation_length(backend, dirs, _evaluator(), fast_s.exact(), progress=False)
     fast = effective_perturbation_length(
-        model, dirs, _evaluator(model, tok), fast_s, out_dir=tmp_path / "fast", progress=False
+        backend, dirs, _evaluator(), fast_s, out_dir=tmp_path / "fast", progress=False
     )
     for e in exact.rows:
         f = fast.row(e.direction, e.side)
@@ -148,12 +148,12 @@ def test_fast_search_agrees_with_the_exact_engine_within_the_resolution(setup, t
 
     # a rerun on the same directory reads every point and every proxy reading back: nothing is generated
     rerun = effective_perturbation_length(
-        model, dirs, _evaluator(model, tok), fast_s, out_dir=tmp_path / "fast", progress=False
+        backend, dirs, _evaluator(), fast_s, out_dir=tmp_path / "fast", progress=False
     )
     assert rerun.evaluations == 0 and rerun.rows == fast.rows
     # the exact engine on the same directory completes the points decided early, and agrees with itself
     completed = effective_perturbation_length(
-        model, dirs, _evaluator(model, tok), fast_s.exact(), out_dir=tmp_path / "fast", progress=False
+        backend, dirs, _evaluator(), fast_s.exact(), out_dir=tmp_path / "fast", progress=False
     )
     assert [(r.epl, r.bracket) for r in completed.rows] == [(r.epl, r.bracket) for r in exact.rows]
     lines = [json.loads(x) for p in (tmp_path / "fast").glob("points*.jsonl") for x in p.read_text().splitlines()]
@@ -161,21 +161,20 @@ def test_fast_search_agrees_with_the_exact_engine_within_the_resolution(setup, t
 
 
 def test_a_point_decided_early_is_extended_not_repeated(setup):
-    from landscape.perturb import Perturbation
     from landscape.scan import PointRunner
 
-    model, tok, dirs = setup
-    ev = _evaluator(model, tok)
-    runner = PointRunner(model, ev)
-    with Perturbation(model, [dirs[1]]) as pert:
-        part = runner.evaluate(pert, "d_harm", (0.4,), tau=50.0, chunk=16)["metrics"]
+    backend, dirs = setup
+    ev = _evaluator()
+    runner = PointRunner(backend, ev)
+    with backend.attach([dirs[1]]):
+        part = runner.evaluate("d_harm", (0.4,), tau=50.0, chunk=16)["metrics"]
         assert part["partial"] and part["decided"] == "unsafe" and part["n"] == 16
         assert part["unsafe"].count("-") == 64 and sum(r is not None for r in part["responses"]) == 16
-        again = runner.evaluate(pert, "d_harm", (0.4,), tau=50.0, chunk=16)["metrics"]
+        again = runner.evaluate("d_harm", (0.4,), tau=50.0, chunk=16)["metrics"]
         assert again is part and runner.evaluated == 1  # decided for this τ: read back
-        full = runner.evaluate(pert, "d_harm", (0.4,))["metrics"]  # a request without τ needs every prompt
+        full = runner.evaluate("d_harm", (0.4,))["metrics"]  # a request without τ needs every prompt
         assert not full.get("partial") and full["n"] == 80 and runner.evaluated == 2
-        direct = ev(model)
+        direct = ev(backend)
     assert full["unsafe"] == direct["unsafe"] and full["responses"] == direct["responses"]
     assert full["tokens"] == direct["tokens"]  # the chunk's tokens plus the rest's: nothing generated twice
     for i in ev.schedule()[:16]:
@@ -183,7 +182,8 @@ def test_a_point_decided_early_is_extended_not_repeated(setup):
 
 
 def test_backend_counts_generated_tokens(aligned):
-    from landscape.generation import GenerationSettings, HFBackend
+    from landscape.backend import HFBackend
+    from landscape.generation import GenerationSettings
     from landscape.organism import world
 
     model, tok = aligned

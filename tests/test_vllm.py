@@ -35,23 +35,26 @@ def test_fused_layers_are_sent_whole():
 
 
 def test_worker_arithmetic_through_a_mocked_reload_weights(organism, tmp_path):
-    """θ₀ + Σ cᵢ·dᵢ, one cast, exact restore, handed to the runner's reload_weights as checkpoint tensors; a
-    real HF model stands in for vLLM's (its parameters take the named tensors)."""
+    """θ₀ + Σ cᵢ·dᵢ, one cast, exact restore, streamed to the runner's reload_weights as checkpoint tensors layer by
+    layer (a generator: the worker holds no copy of the model); a real HF model stands in for vLLM's (its parameters
+    take the named tensors). A seeded random direction is drawn on the worker, bit-identical to the stored one."""
     model = load_model(organism["aligned"], with_tokenizer=False)
     calls = []
 
     class Runner:
         @staticmethod
         def reload_weights(weights_iterator, is_checkpoint_format):
-            assert is_checkpoint_format
-            batch = list(weights_iterator)
-            calls.append([n for n, _ in batch])
+            assert is_checkpoint_format and not isinstance(weights_iterator, (list, tuple))
+            names = []
             with torch.no_grad():
-                for n, w in batch:
+                for n, w in weights_iterator:
                     model.get_parameter(n).copy_(w)
+                    names.append(n)
+            calls.append(names)
 
-    from landscape.directions import Direction
+    from landscape.directions import Direction, normalize, random_like
     from landscape.tensors import MemoryStore
+    from landscape.vllm_backend import direction_spec
 
     d = organism.direction("d_harm")
     name = "model.layers.1.self_attn.q_proj.weight"
@@ -67,6 +70,21 @@ def test_worker_arithmetic_through_a_mocked_reload_weights(organism, tmp_path):
     assert torch.equal(model.get_parameter(name.replace("q_proj", "k_proj")), k0)  # sent whole, unchanged
     ext.landscape_set([0.0])
     assert torch.equal(model.get_parameter(name), w0)
+
+    aligned = organism["aligned"]
+    r = normalize(random_like(aligned, seed=3, name="r"), aligned)
+    stored = {n: r.get(n) for n in r.names()}
+    theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert ext.landscape_load(str(aligned), [direction_spec(r)]) > 3
+    ext.landscape_set([0.3])
+    order = calls[-1]
+    layers = [int(n.split(".layers.")[1].split(".")[0]) for n in order if ".layers." in n]
+    assert layers == sorted(layers)  # layer after layer
+    for n, p in model.named_parameters():
+        if n in stored and stored[n].any():
+            assert torch.equal(p.detach(), theta0[n].clone().add_(stored[n], alpha=0.3)), n
+    ext.landscape_set([0.0])
+    assert all(torch.equal(p.detach(), theta0[n]) for n, p in model.named_parameters())
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +102,8 @@ def engine(medium):
 @pytest.mark.vllm
 @needs_vllm
 def test_hf_and_vllm_agree_at_every_point_of_an_epl_search(medium, engine, tmp_path):
-    from landscape.generation import GenerationSettings, HFBackend
+    from landscape.backend import HFBackend
+    from landscape.generation import GenerationSettings
     from landscape.judges import KeywordJudge
     from landscape.organism import world
     from landscape.scan import SafetyEvaluator
@@ -98,17 +117,9 @@ def test_hf_and_vllm_agree_at_every_point_of_an_epl_search(medium, engine, tmp_p
     # exact: both backends walk the same points (the proxy bracket is HF-only); v3 tiny's d_harm edge is near 0.2
     search = EplSettings(first_step=0.05, max_alpha=0.4, tol=0.005, bootstrap=0).exact()
     model, tok = load_model(medium["aligned"])
-    hf = effective_perturbation_length(
-        model, [d], SafetyEvaluator(HFBackend(model, tok), prompts, KeywordJudge(), s), search, progress=False
-    )
-    vl = effective_perturbation_length(
-        engine,
-        [d],
-        SafetyEvaluator(engine, prompts, KeywordJudge(), s),
-        search,
-        perturber=lambda m, ds: engine.perturbation(ds),
-        progress=False,
-    )
+    ev = SafetyEvaluator(prompts, KeywordJudge(), s)
+    hf = effective_perturbation_length(HFBackend(model, tok), [d], ev, search, progress=False)
+    vl = effective_perturbation_length(engine, [d], ev, search, progress=False)
     assert hf.curves == vl.curves and len(hf.curves["d_harm"]) >= 5  # same ASR at every point looked at
     assert [r.epl for r in hf.rows] == [r.epl for r in vl.rows]
     assert not hf.row("d_harm", +1).censored  # a real edge, not two flat curves
@@ -117,8 +128,9 @@ def test_hf_and_vllm_agree_at_every_point_of_an_epl_search(medium, engine, tmp_p
 @pytest.mark.vllm
 @needs_vllm
 def test_answers_change_with_the_weights_and_come_back_exactly(medium, engine, tmp_path):
-    from landscape.directions import load_direction
-    from landscape.generation import GenerationSettings, generate
+    from landscape.backend import generate
+    from landscape.directions import load_direction, normalize, random_like
+    from landscape.generation import GenerationSettings
     from landscape.organism import world
 
     model, tok = load_model(medium["aligned"])
@@ -128,8 +140,18 @@ def test_answers_change_with_the_weights_and_come_back_exactly(medium, engine, t
     prompts = world.eval_prompts()[:16]
     centre = engine.generate(prompts, s)
     assert centre == generate(model, tok, prompts, s)
-    with engine.perturbation([load_direction(tmp_path / "d")]) as pert:
-        pert.set_((0.08,))  # past d_harm's edge: answers must change although every prefix is cached
+    with engine.attach([load_direction(tmp_path / "d")]):
+        engine.set_point((0.08,))  # past d_harm's edge: answers must change although every prefix is cached
         moved = engine.generate(prompts, s)
     assert sum(a != b for a, b in zip(moved, centre, strict=True)) > len(prompts) // 2
     assert engine.generate(prompts, s) == centre  # θ₀ again, exactly
+    # a seeded random direction is drawn on the workers (nothing saved) and moves the model as the HF one does
+    from landscape.backend import HFBackend
+
+    r = normalize(random_like(medium["aligned"], seed=0, name="random-0"), medium["aligned"])
+    hf = HFBackend(model, tok)
+    with engine.attach([r]), hf.attach([r]):
+        engine.set_point((1.0,))
+        hf.set_point((1.0,))
+        assert engine.generate(prompts, s) == hf.generate(prompts, s)
+    assert engine.generate(prompts, s) == centre

