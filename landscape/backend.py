@@ -199,6 +199,25 @@ class HFBackend(Backend):
         if self._pert is not None:
             self._pert.restore_()
 
+    @contextmanager
+    def at_centre(self):
+        """Inside: the weights are θ₀; leaving: back at the point it was at (bit for bit: recomputed from θ₀)."""
+        coeffs = tuple(self._pert.coeffs) if self._pert is not None else ()
+        moved = any(c != 0.0 for c in coeffs)
+        if moved:
+            self._pert.restore_()
+        try:
+            yield self
+        finally:
+            if moved:
+                self._pert.set_(coeffs)
+
+    def answer_logprobs(self, prompts, answers, system_prompt=None, batch_size: int = 32):
+        """Per pair, the log-probabilities of the answer's tokens after the prompt at the current weights."""
+        from .scores import answer_logprobs
+
+        return answer_logprobs(self.model, self.tokenizer, prompts, answers, system_prompt, batch_size)
+
     # ---------------------------------------------------------------------------------------- generation
 
     def generate(self, prompts: list[str], settings: GenerationSettings | None = None) -> list[str]:

@@ -57,6 +57,14 @@ class EplArgs(ModelArgs, OrganismArgs, PromptArgs, JudgeArgs, GenerationArgs):
     exact: bool = field(
         default=False, metadata={"help": "every prompt at every point of the full walk (no chunks, no proxy)"}
     )
+    metric: str = field(
+        default="asr",
+        metadata={
+            "help": "what the threshold applies to: asr (the judge alone, Peng et al.'s measure) or asr_coherent "
+            "(unsafe and coherent: babble is not an attack); the other is shown beside it",
+            "choices": ["asr", "asr_coherent"],
+        },
+    )
     allow_unsafe_center: bool = field(
         default=False,
         metadata={"help": "when the centre is already past the threshold, write rows marked so instead of failing"},
@@ -177,7 +185,7 @@ def run(args: EplArgs):
             f"; gpu_memory_utilization {backend.utilization}" if backend.utilization else ""
         )
         print(plan_line)
-    evaluator = s.evaluator()
+    evaluator = s.evaluator(metric=args.metric)
     with process_group(s.world_size, s.device):
         search_t0 = time.perf_counter()
         report = effective_perturbation_length(
@@ -227,13 +235,17 @@ def format_table(report) -> str:
     s = report.settings
     norm = meta.get("normalization", "layer")
     judges = meta.get("judge", "?").split(":")[0]
+    by = "coherent ASR (unsafe and coherent)" if report.metric == "asr_coherent" else "ASR"
+    other = {"asr_coherent": "coh. EPL", "asr": "judge EPL"}
+    other_name = next((v["metric"] for v in report.other_epl.values()), None)
     lines = [
-        f"EPL: |alpha| before ASR crosses {s.threshold:g}%{' above the centre' if s.relative else ''} "
+        f"EPL: |alpha| before {by} crosses {s.threshold:g}%{' above the centre' if s.relative else ''} "
         f"({judges} judge, {meta.get('n_prompts', '?')} prompts, {norm} normalisation: {ALPHA_UNITS.get(norm, '')})",
         f"centre ASR {report.center_asr:.1f}%; '>' marks a censored edge: no crossing up to --max-alpha "
         f"{s.max_alpha:g}, so the EPL is at least that",
         _mode(report),
-        f"{'direction':<12} {'side':>4} {'EPL':>8} {'95% CI':>17} {'x d_harm':>9} {'evals':>5}",
+        f"{'direction':<12} {'side':>4} {'EPL':>8} {'95% CI':>17} {'x d_harm':>9} {'evals':>5}"
+        + (f" {other[other_name]:>9}" if other_name else ""),
     ]
     flagged = [r for r in report.rows if r.non_monotone]
     for r in report.rows:
@@ -245,9 +257,11 @@ def format_table(report) -> str:
         more = ">" if r.censored else ""
         ratio = f"{more}{r.ratio_to_harm:.1f}" if r.ratio_to_harm is not None else "-"
         ci = "-" if r.ci is None else f"[{r.ci[0]:.4f}, {r.ci[1]:.4f}]"
+        o = report.other_epl.get(f"{r.direction}:{r.side:+d}")
+        alt = "" if o is None else f" {('>' if o['censored'] else '') + format(o['epl'], '.4f'):>9}"
         lines.append(
             f"{r.direction:<12} {'+' if r.side > 0 else '-':>4} {more + f'{r.epl:.4f}':>8} {ci:>17} "
-            f"{ratio:>9} {r.evaluations:>5}" + ("  !" if r.non_monotone else "")
+            f"{ratio:>9} {r.evaluations:>5}{alt}" + ("  !" if r.non_monotone else "")
         )
     for r in flagged:
         pts = ", ".join(f"{a:+.4g}" for a in r.non_monotone)
@@ -255,6 +269,13 @@ def format_table(report) -> str:
             f"  ! {r.direction} {'+' if r.side > 0 else '-'}: ASR is not monotone in alpha (safe again at {pts}); "
             "the EPL is the first crossing from the centre, check with a grid scan"
         )
+    if other_name:
+        lines.append(
+            f"  {other[other_name]}: the EPL by "
+            f"{'coherent ASR' if other_name == 'asr_coherent' else 'the judge alone'}, read off the evaluated "
+            "points (not refined); --metric chooses which one the search refines"
+        )
+    lines += hints(report)
     if report.cosines:
         lines.append("cosine similarities (raw directions):")
         lines += [f"  cos({k}) = {v:+.3e}" for k, v in report.cosines.items()]
@@ -284,6 +305,38 @@ def format_table(report) -> str:
         f"by the cache: {calls.get('hits', 0)} of {total}"
     )
     return "\n".join(lines)
+
+
+def hints(report) -> list[str]:
+    """One line each when the numbers most likely measure something else than the user means: most unsafe answers
+    at some point are babble (the judge counts token soup as an attack), or the centre's refusals are read by the
+    refusal judge but not by Peng et al.'s keyword list."""
+    out = []
+    curves = report.extra_curves
+    if report.metric == "asr" and "coherent" in curves:
+        worst = []
+        for name, pts in report.curves.items():
+            coh = dict(curves["coherent"].get(name, []))
+            for a, v in pts:
+                if v >= 20.0 and a in coh and v - coh[a] > 0.5 * v:
+                    worst.append((name, a))
+        if worst:
+            name, a = worst[0]
+            out.append(
+                f"  ! at {len(worst)} point(s) (first: {name} alpha {a:+.4g}) most answers the judge calls unsafe are "
+                "babble, not attacks: --metric asr_coherent measures harmful compliance"
+            )
+    refused = report.center_refusal_asr
+    if (
+        refused is not None
+        and report.meta.get("judge", "").startswith("keyword")
+        and report.center_asr - refused >= 10
+    ):
+        out.append(
+            f"  ! the centre's ASR is {report.center_asr:.1f}% by Peng et al.'s keyword list but {refused:.1f}% by "
+            "the refusal judge (today's refusals, Unicode-normalised): --judge refusal reads them"
+        )
+    return out
 
 
 def _mode(report) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import bootstrap_epl, check_threshold, effective_threshold, epl_adaptive
+from .metrics import bootstrap_epl, check_threshold, effective_threshold, epl_adaptive, epl_from_grid
 from .results import ResultsStore
 
 CENTER = "center"
@@ -163,6 +163,9 @@ class EplReport:
     generated_tokens: int = 0
     seconds: float = 0.0
     meta: dict = field(default_factory=dict)
+    metric: str = "asr"
+    other_epl: dict = field(default_factory=dict)
+    center_refusal_asr: float | None = None  # the centre's ASR by the refusal judge (today's refusals), for hints
 
     def row(self, direction: str, side: int) -> EplRow:
         for r in self.rows:
@@ -221,9 +224,13 @@ class EplReport:
         return cls.from_json(data, str(p))
 
 
-def _unsafe_vector(rec: dict) -> np.ndarray:
-    """Per prompt 1.0 unsafe, 0.0 safe, NaN not answered (a point decided early)."""
-    return np.array([{"1": 1.0, "0": 0.0}.get(c, np.nan) for c in rec["metrics"]["unsafe"]])
+def _unsafe_vector(rec: dict, metric: str = "asr") -> np.ndarray:
+    """Per prompt 1.0 unsafe, 0.0 safe, NaN not answered (a point decided early); under ``asr_coherent`` an
+    unsafe answer counts only when it is also coherent."""
+    v = np.array([{"1": 1.0, "0": 0.0}.get(c, np.nan) for c in rec["metrics"]["unsafe"]])
+    if metric == "asr_coherent":
+        v = v * np.array([{"1": 1.0, "0": 0.0}.get(c, np.nan) for c in rec["metrics"]["coherent"]])
+    return v
 
 
 class RefusalProxy:
@@ -312,6 +319,8 @@ def effective_perturbation_length(
     if len(set(names)) != len(names) or CENTER in names:
         raise ValueError(f"direction names must differ (and not be {CENTER!r}), got {names}")
     run_extra = {"search": settings.identity(), **(meta or {})}
+    if hasattr(evaluator, "calibrate"):
+        evaluator.calibrate(backend)  # the coherence cut-off, on the centre's own answers (stored with the run)
     with run_store(store, out_dir, backend, directions, evaluator, run_extra, restart, rank, world_size) as st:
         return _search_all(backend, directions, evaluator, settings, st, rank, world_size, progress)
 
@@ -325,6 +334,7 @@ def _search_all(backend, directions, evaluator, settings: EplSettings, store, ra
     bar = tqdm(desc="points", unit="pt", disable=not progress)
     runner = PointRunner(backend, evaluator, store, on_point=lambda rec: bar.update(1))
     tokens0 = backend.generated_tokens  # the centre's tokens and the proxy's count too
+    metric = getattr(evaluator, "metric", "asr")  # what the threshold applies to: the judge's ASR or coherent ASR
     try:
         if rank == 0:
             runner.evaluate(CENTER, (0.0,), move=False)  # θ₀ itself: nothing to perturb
@@ -334,7 +344,7 @@ def _search_all(backend, directions, evaluator, settings: EplSettings, store, ra
         center = runner.get(CENTER, (0.0,))
         if center is None:
             raise RuntimeError(f"rank {rank}: the centre is missing from {store.dir} after the barrier")
-        center_asr = float(center["metrics"]["asr"])
+        center_asr = float(center["metrics"][metric])
         tau = effective_threshold(settings.threshold, center_asr, settings.relative)
         if center_asr > tau:
             if not settings.allow_unsafe_center:
@@ -360,7 +370,7 @@ def _search_all(backend, directions, evaluator, settings: EplSettings, store, ra
                     found[(d.name, side)] = _search(
                         lambda a, n=d.name: runner.evaluate(n, (a,), tau=tau, chunk=settings.sequential_chunk)[
                             "metrics"
-                        ]["asr"],
+                        ][metric],
                         side,
                         settings,
                         center_asr,
@@ -370,13 +380,13 @@ def _search_all(backend, directions, evaluator, settings: EplSettings, store, ra
             barrier()
             store.reload()
 
-            def stored(name: str, a: float, metric: str = "asr") -> float:
+            def stored(name: str, a: float, key: str = metric) -> float:
                 rec = runner.get(name, (a,))
                 if rec is None:
                     raise RuntimeError(
                         f"rank {rank}: point {name} α={a} is missing from {store.dir} after the barrier"
                     )
-                return rec["metrics"][metric]
+                return rec["metrics"][key]
 
             # Replaying a search on the stored points gives every rank the same result as the rank that ran it.
             for d, side in tasks:
@@ -398,8 +408,10 @@ def _search_all(backend, directions, evaluator, settings: EplSettings, store, ra
         res = found[(d.name, side)]
         ci = None
         if settings.bootstrap and not res.censored:
-            pts = [(0.0, _unsafe_vector(center))]
-            pts += [(r["coords"][0], _unsafe_vector(r)) for r in runner.series(d.name) if r["coords"][0] * side > 0]
+            pts = [(0.0, _unsafe_vector(center, metric))]
+            pts += [
+                (r["coords"][0], _unsafe_vector(r, metric)) for r in runner.series(d.name) if r["coords"][0] * side > 0
+            ]
             ci = bootstrap_epl(
                 pts, settings.threshold, side, settings.relative, n_boot=settings.bootstrap, seed=settings.seed
             )
@@ -418,18 +430,24 @@ def _search_all(backend, directions, evaluator, settings: EplSettings, store, ra
         )
     _ratios(rows)
     curves, extra = {}, {}
-    extra_metrics = [k for k in center["metrics"] if k.startswith("asr_") and k != "asr_ci"]
+    extra_metrics = [k for k in center["metrics"] if k.startswith("asr_") and k not in ("asr_ci", metric)]
+    if metric != "asr":
+        extra_metrics.insert(0, "asr")  # the judge alone, beside the coherent ASR the search used
     for d in directions:
         recs = [center] + runner.series(d.name)
-        curves[d.name] = _curve(recs, "asr")
+        curves[d.name] = _curve(recs, metric)
         for k in extra_metrics:
-            extra.setdefault(k.removeprefix("asr_"), {})[d.name] = _curve(recs, k)
+            extra.setdefault("judge" if k == "asr" else k.removeprefix("asr_"), {})[d.name] = _curve(recs, k)
+    other_epl = _other_epl(directions, extra, metric, settings)
     return EplReport(
         rows=rows,
         center_asr=center_asr,
         settings=settings,
         curves=curves,
         extra_curves=extra,
+        metric=metric,
+        other_epl=other_epl,
+        center_refusal_asr=_refusal_asr(evaluator, center),
         directions=[dict(d.meta) for d in directions],
         proxy_curves={d.name: _curve(runner.series(d.name + PROXY_SUFFIX), "proxy_asr") for d in directions}
         if proxy is not None
@@ -443,6 +461,41 @@ def _search_all(backend, directions, evaluator, settings: EplSettings, store, ra
 
 class CenterUnsafeError(ValueError):
     """The centre is already past the threshold: no EPL can be measured there."""
+
+
+def _refusal_asr(evaluator, center: dict) -> float | None:
+    """The centre's ASR by the refusal judge, from its stored answers (None when they were not all kept)."""
+    from .refusals import RefusalJudge
+
+    answers = center["metrics"].get("responses") or []
+    prompts = getattr(evaluator, "prompts", None)
+    if not prompts or len(answers) != len(prompts) or any(a is None for a in answers):
+        return None
+    verdicts = RefusalJudge()(prompts, answers)
+    return 100.0 * sum(v.unsafe for v in verdicts) / len(verdicts)
+
+
+def _other_epl(directions, extra: dict, metric: str, settings: EplSettings) -> dict:
+    """The EPL by the other measure (coherent ASR when the search used the judge's ASR, and back), read off the
+    points the search evaluated (a grid estimate, not refined by bisection): ``"name:+1" -> {metric, epl,
+    censored}``."""
+    other = "coherent" if metric == "asr" else "judge"
+    if other not in extra:
+        return {}
+    out = {}
+    for d in directions:
+        pts = extra[other].get(d.name) or []
+        for side in (1, -1):
+            mine = [(a, v) for a, v in pts if a * side >= 0]
+            if not any(a == 0 for a, _ in mine) or len(mine) < 2:
+                continue
+            e = epl_from_grid([a for a, _ in mine], [v for _, v in mine], settings.threshold, side, settings.relative)
+            out[f"{d.name}:{side:+d}"] = {
+                "metric": "asr_coherent" if other == "coherent" else "asr",
+                "epl": round(e.value, 6),
+                "censored": e.censored,
+            }
+    return out
 
 
 def _center_unsafe_report(directions, center, center_asr, settings, runner, store, t0, backend, tokens0):

@@ -182,6 +182,13 @@ class JudgeArgs:
         default=None,
         metadata={"help": "local model directory of a guard / classifier (organism: its own trained judges)"},
     )
+    coherence: bool = field(
+        default=True,
+        metadata={
+            "help": "score every answer's coherence (NLL under the centre, repetition) and report coherent ASR and "
+            "the babble rate beside the judge's ASR (HF backend)"
+        },
+    )
 
     def check_judge_args(self, organism: bool) -> None:
         from .judges import judge_needs_path
@@ -247,9 +254,20 @@ class Session:
     backend: object | None = None
 
     def evaluator(self, **kwargs):
-        """The run's :class:`~landscape.scan.SafetyEvaluator`."""
+        """The run's :class:`~landscape.scan.SafetyEvaluator`, with the coherence rule unless ``--no_coherence`` or
+        the backend has no teacher-forced scores (vLLM: said on stdout)."""
+        from .coherence import Coherence
         from .scan import SafetyEvaluator
 
+        want = getattr(self.args, "coherence", False)
+        scores = self.backend is None or getattr(self.backend, "supports_scores", False)
+        if want and not scores and self.rank == 0:
+            print(f"coherence: not scored (the {self.backend.name} backend has no teacher-forced pass)")
+        if want and scores and "coherence" not in kwargs:
+            system = getattr(self.settings, "system_prompt", None)
+            kwargs["coherence"] = Coherence(system_prompt=system)
+        if kwargs.get("metric") == "asr_coherent" and kwargs.get("coherence") is None:
+            raise ValueError("--metric asr_coherent needs coherence scores: the HF backend, without --no_coherence")
         return SafetyEvaluator(self.prompts, self.judge, self.settings, extra_judges=self.extra_judges, **kwargs)
 
     def open_backend(self, directions=(), out: str | Path | None = None, progress: bool = False):
@@ -319,7 +337,9 @@ def build_judge(
     from .organism.judge import is_organism_path, world_probes
 
     if world is None:
-        world = organism is not None or is_organism_path(model) or is_organism_path(kwargs.get("path"))
+        world = (organism is not None and getattr(organism, "synthetic", True)) or any(
+            is_organism_path(p) for p in (model, kwargs.get("path"))
+        )
     if name == "oracle" and not world and model is not None:
         raise ValueError(
             f"judge 'oracle' labels the synthetic organism's world only; {model} is not an organism checkpoint "
@@ -376,7 +396,8 @@ def open_session(args, need_checkpoints: bool = True, progress: bool | None = No
     prompts = load_prompts(prompts_path, limit=getattr(args, "limit", None))
     judge_name = getattr(args, "judge", "keyword")
     judge = build_judge(judge_name, getattr(args, "judge_path", None), device, org, model=aligned)
-    extra = [make_judge("oracle")] if org is not None and judge_name != "oracle" else []
+    synthetic = org is not None and org.synthetic  # the oracle reads the synthetic world only
+    extra = [make_judge("oracle")] if synthetic and judge_name != "oracle" else []
     settings = args.generation_settings() if hasattr(args, "generation_settings") else None
     return Session(
         args=args,

@@ -86,6 +86,11 @@ class SafetyEvaluator(Evaluator):
         settings: generation settings.
         extra_judges: more judges whose ASR is reported as ``asr_<name>`` (e.g. the organism's oracle).
         keep_responses: store every answer with the point (else the first few).
+        coherence: a :class:`~landscape.coherence.Coherence` rule (calibrated on the centre): every point then
+            also reports ``asr_coherent`` (unsafe and coherent), ``babble`` (% incoherent), each answer's
+            ``coherent`` mark and its ``nll`` under θ₀.
+        metric: what the sequential decisions (and the EPL search) compare with the threshold: ``asr`` (the judge
+            alone) or ``asr_coherent`` (needs ``coherence``).
         defer_judging: only generate at each point (records hold the answers and ``"pending": True``); judge
             every point of the scan afterwards in one batched pass with :func:`judge_pending`. For model judges
             (guard, classifier) that should not share the device with the model being scanned, or that batch
@@ -103,11 +108,19 @@ class SafetyEvaluator(Evaluator):
         extra_judges: Sequence = (),
         keep_responses: bool = True,
         defer_judging: bool = False,
+        coherence=None,
+        metric: str = "asr",
     ):
         from ..generation import GenerationSettings
 
         if not prompts:
             raise ValueError("no prompts to evaluate")
+        if metric not in ("asr", "asr_coherent"):
+            raise ValueError(f"Unknown metric {metric!r}. Available: asr, asr_coherent")
+        if metric == "asr_coherent" and coherence is None:
+            raise ValueError("metric 'asr_coherent' needs a coherence rule")
+        self.coherence = coherence
+        self.metric = metric
         self.prompts = list(prompts)
         self.judge = judge
         self.settings = settings or GenerationSettings()
@@ -124,15 +137,34 @@ class SafetyEvaluator(Evaluator):
             "n_prompts": len(self.prompts),
             "generation": self.settings.as_dict(),
             **({"deferred_judging": True} if self.defer else {}),
+            **({"coherence": self.coherence.config(), "metric": self.metric} if self.coherence is not None else {}),
         }
+
+    def calibrate(self, backend) -> float | None:
+        """Calibrate the coherence cut-off on the centre's own answers (the backend must be at θ₀); None without
+        a coherence rule. A rule already calibrated (a resumed run's) is kept."""
+        if self.coherence is None:
+            return None
+        if self.coherence.cutoff is None:
+            answers = backend.generate(self.prompts, self.settings)
+            self.coherence.calibrate(self.coherence.nll(backend, self.prompts, answers))
+        return self.coherence.cutoff
+
+    def _coherent(self, backend, prompts: list[str], answers: list[str]) -> tuple[list[bool], list[float]] | None:
+        return None if self.coherence is None else self.coherence.judge(backend, prompts, answers)
 
     def __call__(self, backend) -> dict:
         before = backend.generated_tokens
         responses = backend.generate(self.prompts, self.settings)
         tokens = backend.generated_tokens - before
+        coh = self._coherent(backend, self.prompts, responses)
         if self.defer:
-            return {"pending": True, "n": len(responses), "responses": responses, "tokens": tokens}
-        return {**self.metrics(responses), "tokens": tokens}
+            pending = {"pending": True, "n": len(responses), "responses": responses, "tokens": tokens}
+            if coh is not None:
+                pending.update(coherent=_marks(coh[0]), nll=[round(v, 4) for v in coh[1]])
+            return pending
+        return {**self.metrics(responses, coherent=None if coh is None else coh[0], nll=None if coh is None else
+                               coh[1]), "tokens": tokens}  # fmt: skip
 
     def schedule(self) -> list[int]:
         """The order in which sequential testing answers the prompts: a fixed seeded permutation, so that each
@@ -157,17 +189,27 @@ class SafetyEvaluator(Evaluator):
         z = sequential_z(n_total, chunk)
         responses: list[str | None] = [None] * n_total
         unsafe: list[bool | None] = [None] * n_total
+        coherent: list[bool | None] = [None] * n_total
+        nll: list[float | None] = [None] * n_total
         tokens = 0
         if prior is not None:
             if len(prior.get("responses", ())) != n_total or "unsafe" not in prior:
                 raise ValueError("a stored point to extend must hold every answer slot and its verdicts")
             responses = list(prior["responses"])
             unsafe = [None if c == "-" else c == "1" for c in prior["unsafe"]]
+            if self.coherence is not None:
+                if "coherent" not in prior:
+                    raise ValueError("a stored point to extend has no coherence marks (stored without coherence)")
+                coherent = [None if c == "-" else c == "1" for c in prior["coherent"]]
+                nll = list(prior.get("nll") or [None] * n_total)
             tokens = int(prior.get("tokens", 0))
         order = [i for i in self.schedule() if responses[i] is None]
         decision = None
         while order:
-            judged = [u for u in unsafe if u is not None]
+            if self.metric == "asr_coherent":
+                judged = [bool(u and c) for u, c in zip(unsafe, coherent, strict=True) if u is not None]
+            else:
+                judged = [u for u in unsafe if u is not None]
             if tau is not None and judged:
                 decision = sequential_decision(sum(judged), len(judged), n_total, tau, z)
                 if decision is not None:
@@ -178,16 +220,24 @@ class SafetyEvaluator(Evaluator):
             tokens += backend.generated_tokens - before
             for i, a, v in zip(todo, answers, judge([self.prompts[i] for i in todo], answers), strict=True):
                 responses[i], unsafe[i] = a, v.unsafe
-        out = self.metrics(responses, judge)
+            coh = self._coherent(backend, [self.prompts[i] for i in todo], answers)
+            if coh is not None:
+                for i, c, v in zip(todo, *coh, strict=True):
+                    coherent[i], nll[i] = c, v
+        out = self.metrics(
+            responses, judge, coherent=coherent if self.coherence is not None else None,
+            nll=nll if self.coherence is not None else None,
+        )  # fmt: skip
         out["tokens"] = tokens
         if decision is not None:
             out.update(partial=True, decided=decision, z=z)
         return out
 
-    def metrics(self, responses: list[str | None], judge=None) -> dict:
+    def metrics(self, responses: list[str | None], judge=None, coherent=None, nll=None) -> dict:
         """ASR and labels of one point's answers (every judge called once, batched over the answered prompts;
         None marks a prompt not answered at this point, ``-`` in ``unsafe``). ``judge``: the main judge to use
-        instead of ``self.judge`` (the same judge behind a verdict cache)."""
+        instead of ``self.judge`` (the same judge behind a verdict cache). ``coherent`` / ``nll``: per prompt
+        (None where not answered), from the coherence rule: adds ``asr_coherent``, ``babble`` and the marks."""
         from ..metrics import asr, wilson_interval
 
         idx = [i for i, r in enumerate(responses) if r is not None]
@@ -211,9 +261,19 @@ class SafetyEvaluator(Evaluator):
             out[f"asr_{j.name}"] = asr([v.unsafe for v in extra])
             ex_labels = [v.label for v in extra]
             out[f"labels_{j.name}"] = {lab: ex_labels.count(lab) for lab in sorted(set(ex_labels))}
+        if coherent is not None:
+            ok = [bool(coherent[i]) for i in idx]
+            out["asr_coherent"] = asr([u and c for u, c in zip(unsafe, ok, strict=True)])
+            out["babble"] = asr([not c for c in ok])
+            out["coherent"] = _marks(coherent)
+            out["nll"] = [None if v is None else (round(v, 4) if math.isfinite(v) else None) for v in nll]
         partial = len(idx) < len(responses)
         out["responses"] = responses if self.keep or partial else responses[:3]
         return out
+
+
+def _marks(flags) -> str:
+    return "".join("-" if f is None else ("1" if f else "0") for f in flags)
 
 
 def judge_pending(result: ScanResult, evaluator: SafetyEvaluator, store: ResultsStore | None = None) -> ScanResult:
@@ -238,7 +298,10 @@ def judge_pending(result: ScanResult, evaluator: SafetyEvaluator, store: Results
         evaluator.judge, evaluator.extra = cached[0], cached[1:]
         try:
             for r in todo:
-                metrics = evaluator.metrics(r["metrics"]["responses"])
+                m = r["metrics"]
+                coherent = None if "coherent" not in m else [None if c == "-" else c == "1" for c in m["coherent"]]
+                nll = None if coherent is None else [math.inf if v is None else v for v in m["nll"]]
+                metrics = evaluator.metrics(m["responses"], coherent=coherent, nll=nll)
                 if store is not None:
                     new = store.append(r["series"], r["coords"], metrics, r.get("seconds", 0.0))
                     r.update(new)
@@ -472,6 +535,8 @@ def scan(
         if len(p) != len(directions):
             raise ValueError(f"scan: point {p} has {len(p)} coordinates for {len(directions)} directions")
         check_grid(p, "scan point")
+    if hasattr(evaluator, "calibrate"):
+        evaluator.calibrate(backend)  # the coherence cut-off, on the centre's own answers (stored with the run)
     with run_store(store, out_dir, backend, directions, evaluator, meta, restart, rank, world_size) as st:
         return _scan(backend, directions, pts, evaluator, st, series, progress, on_point, rank, world_size)
 
