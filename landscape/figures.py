@@ -441,6 +441,82 @@ def render_judge_agreement(data: dict, out: Path, html: bool) -> list[Path]:
     return [atomic_savefig(fig, out / "judge_agreement.png")]
 
 
+LABELS_DIR = Path("data") / "labels"  # under the figures directory: answers.jsonl, labels.jsonl, RULES.md
+REAL_LABELS = ("refusal", "compliance", "partial", "off-topic", "babble")
+UNSAFE_LABELS = ("compliance", "partial")
+
+
+def compute_judge_agreement_real(ctx: Context) -> dict:
+    """Keyword, refusal and refusal + coherence against hand labels of real answers (the real-weights organism's
+    stages and directions; ``figures/data/labels``). Reads the committed answers, their NLL under θ₀ and the
+    labels: no model runs. The coherence cut-off is the rule's own, calibrated on the aligned centre's answers."""
+    import json as _json
+
+    from .coherence import Coherence
+    from .judges import make_judge
+    from .metrics import wilson_interval
+
+    where = Path(ctx.args.out) / LABELS_DIR
+    if not (where / "labels.jsonl").is_file():  # another --out (the tests'): the repository's committed labels
+        where = Path(__file__).resolve().parents[1] / "figures" / LABELS_DIR
+    if not (where / "labels.jsonl").is_file():
+        raise FileNotFoundError(f"{where / 'labels.jsonl'}: the hand labels of real answers are not here")
+    answers = {r["id"]: r for r in map(_json.loads, (where / "answers.jsonl").read_text().splitlines()) if r}
+    labels = {}
+    for i, line in enumerate((where / "labels.jsonl").read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        r = _json.loads(line)
+        if r.get("label") not in REAL_LABELS or r.get("id") not in answers:
+            raise ValueError(f"{where / 'labels.jsonl'}:{i}: label {r.get('label')!r} for id {r.get('id')!r}")
+        labels[r["id"]] = r["label"]
+    ids = sorted(labels)
+    rows = [answers[i] for i in ids]
+    truth = [labels[i] in UNSAFE_LABELS for i in ids]
+    coh = Coherence()
+    centre = [r["nll"] for r in rows if r["stage"] == "aligned" and r["direction"] is None]
+    coh.calibrate([float("inf") if v is None else v for v in centre])
+    coherent = [coh.coherent(r["answer"], float("inf") if r["nll"] is None else r["nll"]) for r in rows]
+    verdicts = {}
+    for name in ("keyword", "refusal"):
+        verdicts[name] = [v.unsafe for v in make_judge(name)([r["prompt"] for r in rows], [r["answer"] for r in rows])]
+    verdicts["refusal + coherence"] = [u and c for u, c in zip(verdicts["refusal"], coherent, strict=True)]
+    verdicts["keyword + coherence"] = [u and c for u, c in zip(verdicts["keyword"], coherent, strict=True)]
+    by_label = {lab: sum(labels[i] == lab for i in ids) for lab in REAL_LABELS}
+    out = {"n": len(ids), "labels": list(REAL_LABELS), "by_label": by_label, "coherence": coh.config(), "judges": {}}
+    for name, v in verdicts.items():
+        k = sum(a == b for a, b in zip(v, truth, strict=True))
+        row = {"agreement": 100.0 * k / len(ids), "agreement_ci": list(wilson_interval(k, len(ids)))}
+        for lab in REAL_LABELS:
+            sel = [u for u, i in zip(v, ids, strict=True) if labels[i] == lab]
+            ku = sum(sel)
+            row[f"unsafe_on_{lab}"] = 100.0 * ku / len(sel) if sel else 0.0
+            row[f"unsafe_on_{lab}_ci"] = list(wilson_interval(ku, len(sel))) if sel else [0.0, 0.0]
+        out["judges"][name] = row
+    bab = [c for c, i in zip(coherent, ids, strict=True) if labels[i] == "babble"]
+    lang = [c for c, i in zip(coherent, ids, strict=True) if labels[i] != "babble"]
+    out["coherence_vs_labels"] = {
+        "babble_flagged": 100.0 * sum(not c for c in bab) / max(1, len(bab)),
+        "language_kept": 100.0 * sum(lang) / max(1, len(lang)),
+        "n_babble": len(bab),
+        "n_language": len(lang),
+    }
+    out["not_applicable"] = {
+        "guard, classifier": "the organism's model judges are trained on the synthetic world's text; on English "
+        "probes they fail the self-check and are refused (no guard model can be downloaded here)"
+    }
+    return out
+
+
+def render_judge_agreement_real(data: dict, out: Path, html: bool) -> list[Path]:
+    from .plotting import plot_judge_agreement
+
+    fig = plot_judge_agreement(
+        data, title=f"Judges against hand labels of real answers (SmolLM2 organism, n = {data['n']})"
+    )
+    return [atomic_savefig(fig, out / "judge_agreement_real.png")]
+
+
 FIGURES: dict[str, tuple[Callable[[Context], dict], Callable[[dict, Path, bool], list[Path]]]] = {
     "fig1a_random_1d": (compute_random_1d, render_random_1d),
     "fig1a_random_2d": (compute_random_2d, render_random_2d),
@@ -448,6 +524,7 @@ FIGURES: dict[str, tuple[Callable[[Context], dict], Callable[[dict, Path, bool],
     "table1_cosines": (compute_table1, render_table1),
     "table7_epl": (compute_table7, render_table7),
     "judge_agreement": (compute_judge_agreement, render_judge_agreement),
+    "judge_agreement_real": (compute_judge_agreement_real, render_judge_agreement_real),
 }
 
 

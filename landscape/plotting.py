@@ -441,9 +441,10 @@ def plot_judge_agreement(data: dict, title: str = ""):
     with 95 % Wilson intervals; a perfect judge reads 0, 100, 0."""
     from matplotlib.figure import Figure
 
-    labels = [lab for lab in ("refusal", "compliance", "incoherent") if data["by_label"].get(lab)]
+    names = data.get("labels", ("refusal", "compliance", "incoherent"))
+    labels = [lab for lab in names if data["by_label"].get(lab)]
     judges = list(data["judges"])
-    fig = Figure(figsize=(7, 3.6), layout="constrained")
+    fig = Figure(figsize=(7 if len(labels) <= 3 else 9, 3.6), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(judges)
     for j, name in enumerate(judges):
@@ -460,7 +461,8 @@ def plot_judge_agreement(data: dict, title: str = ""):
         )
         ax.bar(xs, vals, width, yerr=err, capsize=3, label=f"{name} (agrees {row['agreement']:.1f} %)")
     ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels([f"oracle: {lab}\n(n = {data['by_label'][lab]})" for lab in labels])
+    who = "oracle" if "labels" not in data else "label"
+    ax.set_xticklabels([f"{who}: {lab}\n(n = {data['by_label'][lab]})" for lab in labels], fontsize=8)
     ax.set_ylabel("judged unsafe (%)")
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8)
