@@ -153,11 +153,23 @@ if __name__ == "__main__":
     def status(pid, key):
         return next(int(l.split()[1]) * 1024 for l in open(f"/proc/{pid}/status") if l.startswith(key))
     def engine_pid():
+        # the process holding the model: the largest descendant (vLLM's engine core, or its worker under it)
         import os
-        me = os.getpid()
-        kids = [int(p) for p in os.listdir("/proc") if p.isdigit() and
-                next((l for l in open(f"/proc/{p}/status") if l.startswith("PPid")), "PPid: 0").split()[1] == str(me)]
-        return max(kids, key=lambda k: status(k, "VmRSS"))
+        parent = {}
+        for p in os.listdir("/proc"):
+            if p.isdigit():
+                try:
+                    parent[int(p)] = int(next(l for l in open(f"/proc/{p}/status") if l.startswith("PPid")).split()[1])
+                except (OSError, StopIteration):
+                    pass
+        me, kids, todo = os.getpid(), [], [os.getpid()]
+        while todo:
+            q = todo.pop()
+            for c, pp in parent.items():
+                if pp == q:
+                    kids.append(c)
+                    todo.append(c)
+        return max(kids or [me], key=lambda k: status(k, "VmRSS"))
     dirs = []
     for k in work:
         if k == "random":

@@ -51,7 +51,7 @@ def test_the_real_organism_reports_every_stage_on_held_out_data(real):
             assert 0.0 <= s[key] <= 100.0, (name, key)
         for key in ("asr_ci", "over_refusal_ci"):
             lo, hi = s[key]
-            assert 0.0 <= lo <= hi <= 1.0, (name, key)
+            assert 0.0 <= lo <= hi <= 100.0, (name, key)
     base = json.loads((real["base"] / "stage.json").read_text())
     assert base["gguf"]["file_type"] == "MOSTLY_Q4_1" and base["gguf"]["dequantized_to"] == "float32"
     st = summary["stages"]
@@ -101,7 +101,7 @@ def test_epl_on_the_shipped_model_refuses_an_unsafe_centre_then_flags_it(real, s
     from landscape.epl import main
 
     argv = ["--aligned", str(shipped), "--harmful", str(real["harmful-10"]), "--random", "0",
-            "--prompts", str(real.eval_prompts_csv), "--bootstrap", "0", *FEW]  # fmt: skip
+            "--prompts", str(real.eval_prompts_csv), "--bootstrap", "0", "--no_coherence", *FEW]  # fmt: skip
     assert main([*argv, "--out", str(tmp_path / "refused")]) == 2
     err = capsys.readouterr().err
     assert "centre" in err and "--allow_unsafe_center" in err
@@ -111,7 +111,7 @@ def test_epl_on_the_shipped_model_refuses_an_unsafe_centre_then_flags_it(real, s
     assert "d_aligned is skipped" in printed and "MOSTLY_Q4_1" in printed
     res = json.loads((out / "results.json").read_text())
     assert res["rows"] and all(r["center_unsafe"] and r["epl"] is None for r in res["rows"])
-    assert res["meta"]["weights"]["aligned"]["file_type"] == "MOSTLY_Q4_1"
+    assert res["meta"]["weights"]["file_type"] == "MOSTLY_Q4_1"
 
 
 def test_epl_and_a_2d_scan_on_the_real_organism(real, shipped, user_cache, tmp_path):
@@ -119,21 +119,21 @@ def test_epl_and_a_2d_scan_on_the_real_organism(real, shipped, user_cache, tmp_p
     from landscape.scan.__main__ import main as scan
 
     out = tmp_path / "epl"
-    assert epl(["--aligned", str(real["aligned"]), "--base", str(shipped), "--harmful", str(real["harmful-10"]),
-                "--random", "0", "--prompts", str(real.eval_prompts_csv), "--bootstrap", "0", "--tol", "0.05",
-                "--max_alpha", "0.4", "--out", str(out), *FEW]) == 0  # fmt: skip
+    assert epl(["--aligned", str(real["aligned"]), "--harmful", str(real["harmful-10"]), "--random", "0",
+                "--prompts", str(real.eval_prompts_csv), "--bootstrap", "0", "--first_step", "0.1", "--tol", "0.1",
+                "--max_alpha", "0.2", "--out", str(out), *FEW]) == 0  # fmt: skip
     res = json.loads((out / "results.json").read_text())
-    assert {r["direction"] for r in res["rows"]} == {"d_aligned", "d_harm"}
-    assert all(r["epl"] is not None and 0.0 <= r["epl"] <= 0.4 for r in res["rows"])
-    assert res["meta"]["tokens_generated"] > 0
+    assert {r["direction"] for r in res["rows"]} == {"d_harm"}
+    assert all(r["epl"] is not None and 0.0 <= r["epl"] <= 0.2 for r in res["rows"])
+    assert res["generated_tokens"] > 0 and res["meta"]["weights"]["format"] != "gguf"  # the organism's own stage
     out = tmp_path / "scan"
-    assert scan(["--aligned", str(real["aligned"]), "--base", str(shipped), "--harmful", str(real["harmful-10"]),
-                 "--direction", "d_aligned", "d_harm", "--alphas=-0.2,0,0.2", "--betas=0,0.2",
-                 "--prompts", str(real.eval_prompts_csv), "--out", str(out), "--no_html", *FEW]) == 0  # fmt: skip
+    assert scan(["--preset", "smollm2-tiny", "--cache_dir", str(real.root.parent.parent),
+                 "--direction", "d_aligned", "d_harm", "--alphas=0,0.2", "--betas=0,0.2",
+                 "--out", str(out), "--no_html", *FEW]) == 0  # fmt: skip
     points = [json.loads(ln) for ln in (out / "points.jsonl").read_text().splitlines() if ln.strip()]
-    assert len({tuple(p["coords"]) for p in points}) == 6
+    assert len({tuple(p["coords"]) for p in points}) == 4
     run = json.loads((out / "run.json").read_text())
-    assert "weights" in json.dumps(run)
+    assert "weights" in json.dumps(run) and "oracle" not in json.dumps(points[0])  # no synthetic-world judge here
 
 
 def test_sft_from_the_gguf_then_evaluate(real, shipped, user_cache, tmp_path):
@@ -145,8 +145,9 @@ def test_sft_from_the_gguf_then_evaluate(real, shipped, user_cache, tmp_path):
                   "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2",
                   "--use_cpu", "--disable_tqdm", "true", "--report_to", "none"]) == 0  # fmt: skip
     report = tmp_path / "eval.json"
-    assert evaluate(["--model", str(out), "--harmful_prompts", str(real.eval_prompts_csv), "--judge", "refusal",
-                     "--limit", "4", "--max_new_tokens", "8", "--out", str(report)]) == 0  # fmt: skip
+    assert evaluate(["--model", str(out / "model"), "--harmful_prompts", str(real.eval_prompts_csv),
+                     "--judge", "refusal", "--limit", "4", "--max_new_tokens", "8",
+                     "--out", str(report)]) == 0  # fmt: skip
     res = json.loads(report.read_text())
     assert res["n_harmful"] == 4 and 0.0 <= res["harmful_score"] <= 100.0
 

@@ -63,6 +63,11 @@ class Organism:
         return [s for s in self.stages if s.startswith("harmful-")]
 
     @property
+    def synthetic(self) -> bool:
+        """The synthetic world's organism (its oracle and judges apply), not a real-weights one."""
+        return self.root.parent.name.startswith("organism-v")
+
+    @property
     def harm_stage(self) -> str:
         """The stage d_harm points to: ``harmful-100``, else the largest harmful fine-tune built."""
         if "harmful-100" in self.stages or not self.harmful_stages:
