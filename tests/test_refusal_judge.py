@@ -74,8 +74,12 @@ def test_the_oracle_outside_the_organism_is_refused(organism, tmp_path):
 
     build_judge("oracle", None, "cpu", organism)
     build_judge("oracle", None, "cpu", model=str(organism["aligned"]))  # an organism checkpoint: fine
-    other = tmp_path / "some-llama"
-    shutil.copytree(organism["aligned"], other)
+    from landscape.organism.train import build_tokenizer
+
+    build_tokenizer().save_pretrained(tmp_path / "fine-tune")  # a fine-tune saved elsewhere: its tokenizer says
+    build_judge("oracle", None, "cpu", model=str(tmp_path / "fine-tune"))
+    other = tmp_path / "some-llama"  # a model with a real vocabulary (tens of thousands of words)
+    build_tokenizer(extra_words=[f"word{i}" for i in range(5000)]).save_pretrained(other)
     with pytest.raises(ValueError, match="labels the synthetic organism's world only"):
         build_judge("oracle", None, "cpu", model=str(other))
     with pytest.raises(ValueError, match="cannot separate its probes"):

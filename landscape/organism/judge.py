@@ -35,10 +35,23 @@ def world_probes() -> dict[str, str]:
 
 
 def is_organism_path(path) -> bool:
-    """``path`` is a checkpoint or judge of a synthetic organism build (its world is the oracle's)."""
+    """``path`` is a checkpoint or judge of the synthetic organism's world: inside an organism build, or (a fine-tune
+    saved elsewhere) a checkpoint whose tokenizer is the world's word-level vocabulary (plus at most a judge
+    template's few hundred words: a real model's vocabulary of tens of thousands is not)."""
     from pathlib import Path
 
     if path is None:
         return False
     p = Path(path).resolve()
-    return any(q.name.startswith("organism-v") for q in (p.parent.parent, p.parent.parent.parent))
+    if any(q.name.startswith("organism-v") for q in (p.parent.parent, p.parent.parent.parent)):
+        return True
+    if not (p / "tokenizer.json").is_file():
+        return False
+    try:
+        from ..loading import load_tokenizer
+        from .train import build_tokenizer
+
+        vocab, world = set(load_tokenizer(p).get_vocab()), set(build_tokenizer().get_vocab())
+    except (OSError, ValueError):
+        return False
+    return world <= vocab and len(vocab) <= len(world) + 512
