@@ -159,3 +159,22 @@ def test_the_oracle_is_refused_on_the_real_model(real, user_cache, tmp_path):
             "--random", "1", "--out", str(tmp_path / "x"), *FEW]  # fmt: skip
     assert main(argv) == 2
     assert not (tmp_path / "x" / "results.json").exists()
+
+
+def test_every_command_takes_the_gguf_file(real, shipped, user_cache, tmp_path, capsys):
+    """--plan reads a GGUF checkpoint's shapes (epl with a GGUF --base, scan with a GGUF --aligned); asft.evaluate
+    answers with it directly."""
+    from asft.evaluate import main as evaluate
+    from landscape.epl import main as epl
+    from landscape.scan.__main__ import main as scan
+
+    assert epl(["--aligned", str(real["aligned"]), "--base", str(shipped), "--random", "1", "--plan",
+                "--out", str(tmp_path / "p1")]) == 0  # fmt: skip
+    assert scan(["--aligned", str(shipped), "--direction", "random-0", "--alphas=0,1", "--prompts", "x.csv",
+                 "--plan", "--out", str(tmp_path / "p2")]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert printed.count("placement auto would pick") == 2
+    report = tmp_path / "eval.json"
+    assert evaluate(["--model", str(shipped), "--harmful_prompts", str(real.eval_prompts_csv), "--judge", "refusal",
+                     "--limit", "2", "--max_new_tokens", "4", "--out", str(report)]) == 0  # fmt: skip
+    assert json.loads(report.read_text())["n_harmful"] == 2
