@@ -132,6 +132,7 @@ def test_epl_and_a_2d_scan_on_the_real_organism(real, shipped, user_cache, tmp_p
                  "--out", str(out), "--no_html", *FEW]) == 0  # fmt: skip
     points = [json.loads(ln) for ln in (out / "points.jsonl").read_text().splitlines() if ln.strip()]
     assert len({tuple(p["coords"]) for p in points}) == 4
+    assert (out / "scan_coherent.png").is_file() and all("asr_coherent" in p["metrics"] for p in points)
     run = json.loads((out / "run.json").read_text())
     assert "weights" in json.dumps(run) and "oracle" not in json.dumps(points[0])  # no synthetic-world judge here
 

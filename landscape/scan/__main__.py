@@ -171,15 +171,22 @@ def write_pictures(res, out: Path, html: bool) -> list[Path]:
     from ..plotting import curve_from_records, grid_from_records, plot_1d, plot_2d, plotly_1d, plotly_2d
 
     names = res.extra["names"]
+    coherent = all("asr_coherent" in r["metrics"] for r in res.records)  # coherence scored: drawn beside the ASR
+    extra_pngs = []
     if len(names) == 1:
-        curve = curve_from_records(names[0], res.records)
-        fig = plot_1d([curve], threshold=50.0, title=f"ASR along {names[0]}")
+        curve = curve_from_records(names[0], res.records, extra=("asr_coherent",) if coherent else ())
+        fig = plot_1d([curve], threshold=50.0, title=f"ASR along {names[0]}" + (" (dashed: coherent)" * coherent))
         interactive = plotly_1d([curve], 50.0)
     else:
         a, b, z = grid_from_records(res.records)
         fig = plot_2d(a, b, z, names[0], names[1], 50.0, title=f"ASR over {names[0]} x {names[1]}")
         interactive = plotly_2d(a, b, z, names[0], names[1], None, 50.0)
+        if coherent:
+            a, b, zc = grid_from_records(res.records, "asr_coherent")
+            title = f"coherent ASR (unsafe and coherent) over {names[0]} x {names[1]}"
+            extra_pngs.append((plot_2d(a, b, zc, names[0], names[1], 50.0, title=title), "scan_coherent.png"))
     paths = [atomic_savefig(fig, out / "scan.png")]
+    paths += [atomic_savefig(f, out / name) for f, name in extra_pngs]
     if html:
         paths.append(atomic_write_text(out / "scan.html", interactive.to_html(include_plotlyjs=True, full_html=True)))
     return paths
@@ -197,6 +204,11 @@ def _print(res) -> None:
     print(
         f"{res.series}: {len(res.records)} of {res.extra['total']} points in {res.extra['out']} ({res.evaluated} "
         f"computed here, {res.extra['world_size']} rank(s)); ASR min {asr.min():.1f}% max {asr.max():.1f}%"
+        + (
+            f"; coherent ASR max {res.metric('asr_coherent').max():.1f}%, babble max {res.metric('babble').max():.1f}%"
+            if all("asr_coherent" in r["metrics"] for r in res.records)
+            else ""
+        )
     )
     print("wrote " + ", ".join(str(p) for p in res.extra["pictures"]))
 
