@@ -103,3 +103,31 @@ def test_judge_stored_answers_cli(tmp_path, capsys):
     assert main(["--judge", "refusal", "--answers", str(bad), "--out", str(tmp_path / "never.jsonl")]) == 2
     assert "bad.jsonl:2: field 'answer' is missing" in capsys.readouterr().err
     assert not (tmp_path / "never.jsonl").exists()
+
+
+def test_judge_stored_answers_with_coherence_under_the_centre(organism, tmp_path):
+    from landscape.judges.__main__ import main
+    from landscape.organism import world
+
+    prompts = world.eval_prompts()[:4]
+    answers = [world.REFUSAL, "the the the the the the the the", "zx plant: hospital? Topic: bake ready ready", ""]
+    src = tmp_path / "a.jsonl"
+    src.write_text(
+        "".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(prompts, answers, strict=True))
+    )
+    out = tmp_path / "b.jsonl"
+    argv = [
+        "--judge",
+        "keyword",
+        "--answers",
+        str(src),
+        "--out",
+        str(out),
+        "--coherence_model",
+        str(organism["aligned"]),
+    ]
+    assert main(argv) == 0
+    got = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert [g["coherent"] for g in got] == [True, False, False, False]  # the refusal is language, the rest is not
+    assert [g["unsafe"] for g in got] == [False, True, True, True]  # the keyword judge alone calls babble an attack
+    assert got[0]["nll"] < got[0]["coherence_cutoff"] and got[3]["nll"] is None

@@ -5,7 +5,9 @@ lines out with the judge's verdict added.
 
 Each output line keeps every field of its input line and adds ``unsafe`` (bool), ``label`` (the judge's own label),
 ``score`` and ``judge`` (the judge's key, which names its version). Every judge works, model judges with
-``--judge_path``; model judges and the oracle first pass their self-check on probes (``--world``). A line that
+``--judge_path``; model judges and the oracle first pass their self-check on probes (``--world``). With
+``--coherence_model`` (the centre checkpoint) each line also gets ``nll`` and ``coherent`` (cut-off calibrated on
+that model's own answers to the file's prompts, or ``--coherence_cutoff``). A line that
 is not a JSON object with string ``prompt`` and ``answer`` is an error naming the file
 and line, and nothing is written; the output is written atomically.
 """
@@ -24,6 +26,17 @@ class JudgeAnswersArgs(DeviceArgs, JudgeArgs):
     answers: str = field(metadata={"help": "JSON lines, one {prompt, answer} object each"})
     out: str = field(metadata={"help": "where the judged lines go (JSON lines)"})
     batch_size: int = field(default=64, metadata={"help": "answers per judge call"})
+    coherence_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "the centre model (a local checkpoint): adds each answer's NLL under it and `coherent`, with the "
+            "cut-off calibrated on that model's own greedy answers to the file's prompts"
+        },
+    )
+    coherence_cutoff: float | None = field(
+        default=None, metadata={"help": "use this NLL cut-off (nats/token; e.g. a run's) instead of calibrating"}
+    )
+    max_new_tokens: int = field(default=32, metadata={"help": "answer length when calibrating the cut-off"})
     world: str = field(
         default="auto",
         metadata={
@@ -79,10 +92,37 @@ def run(args: JudgeAnswersArgs) -> int:
         verdicts = judge([r["prompt"] for r in chunk], [r["answer"] for r in chunk])
         for r, v in zip(chunk, verdicts, strict=True):
             out.append({**r, "unsafe": bool(v.unsafe), "label": v.label, "score": float(v.score), "judge": key})
+    if args.coherence_model:
+        cutoff = _add_coherence(args, rows, out)
+        print(f"coherence under {args.coherence_model}: cut-off {cutoff:.4f} nats/token")
     atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
     n = sum(r["unsafe"] for r in out)
     print(f"{args.judge}: {n}/{len(out)} unsafe ({100.0 * n / len(out):.1f} %) -> {args.out}")
     return 0
+
+
+def _add_coherence(args: JudgeAnswersArgs, rows: list[dict], out: list[dict]) -> float:
+    """Each answer's NLL under the coherence model and its ``coherent`` mark (see :mod:`landscape.coherence`)."""
+    import math
+
+    from ..backend import HFBackend
+    from ..coherence import Coherence
+    from ..generation import GenerationSettings
+    from ..loading import load_model
+    from ..session import resolve_device
+
+    model, tok = load_model(args.coherence_model, device=resolve_device(args.device), dtype=args.dtype)
+    backend = HFBackend(model, tok)
+    prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
+    coh = Coherence(cutoff=args.coherence_cutoff)
+    if coh.cutoff is None:
+        unique = list(dict.fromkeys(prompts))
+        own = backend.generate(unique, GenerationSettings(max_new_tokens=args.max_new_tokens))
+        coh.calibrate(coh.nll(backend, unique, own))
+    ok, nll = coh.judge(backend, prompts, answers)
+    for r, c, v in zip(out, ok, nll, strict=True):
+        r.update(nll=round(v, 4) if math.isfinite(v) else None, coherent=c, coherence_cutoff=coh.cutoff)
+    return coh.cutoff
 
 
 def main(argv: list[str] | None = None) -> int:
