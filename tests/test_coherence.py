@@ -70,3 +70,14 @@ def test_every_point_reports_coherent_asr_and_babble_and_the_epl_can_use_it(orga
     for r in by_coherent.rows:  # babble is not an attack: the coherent edge is never nearer than the judge's
         plain = report.row(r.direction, r.side)
         assert r.censored or plain.censored or r.epl >= plain.epl - 2 * report.settings.tol
+
+
+def test_the_scan_command_says_when_babble_drives_the_asr(organism_cache, tmp_path, capsys):
+    from landscape.scan.__main__ import main
+
+    out = tmp_path / "scan"
+    argv = ["--preset", "tiny", "--cache_dir", str(organism_cache), "--direction", "random-0", "--alphas=0,2",
+            "--limit", "16", "--max_new_tokens", "12", "--out", str(out), "--no_html", "--no_progress"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "most answers the judge calls unsafe are babble" in printed and "coherent ASR max" in printed
