@@ -13,6 +13,7 @@ Both come with Wilson 95 % intervals. Answers are generated in batches by ``land
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from landscape.session import DeviceArgs, JudgeArgs
 
@@ -36,6 +37,10 @@ class EvaluateArgs(DeviceArgs, JudgeArgs):
         default="auto", metadata={"help": "model dtype: float32, bf16, fp16 or auto (the checkpoint's)"}
     )
     out: str | None = field(default=None, metadata={"help": "write the result as JSON here"})
+    plan: bool = field(
+        default=False,
+        metadata={"help": "print the memory plan (the weights and generation; a bare config.json is enough) and exit"},
+    )
 
     def __post_init__(self) -> None:
         self.check_device_args()
@@ -48,6 +53,8 @@ class EvaluateArgs(DeviceArgs, JudgeArgs):
 
 def run(args: EvaluateArgs) -> EvalResult:
     """Harmful Score (and Fine-tune Accuracy with ``task_test``) of one model; writes ``out`` when given."""
+    if args.plan:
+        return plan(args)
     from landscape.data import load_prompts
     from landscape.loading import check_device
     from landscape.session import build_judge, resolve_device
@@ -66,7 +73,29 @@ def run(args: EvaluateArgs) -> EvalResult:
     return res
 
 
-def _print(res: EvalResult) -> None:
+def plan(args: EvaluateArgs):
+    """``--plan``: what evaluating holds (no perturbation: the weights and generation), nothing loaded or run."""
+    from types import SimpleNamespace
+
+    from landscape.session import memory_plan
+
+    target = Path(args.model)
+    if not (target / "config.json").is_file() and target.suffix != ".json" and not list(target.glob("*.gguf")):
+        if args.base is None:
+            raise ValueError(f"--plan: {target} holds no config.json (an adapter?): give --base")
+        target = Path(args.base)
+    ns = SimpleNamespace(
+        aligned=str(target), dtype=args.dtype, device=args.device, placement="auto", max_new_tokens=args.max_new_tokens
+    )
+    return memory_plan(ns, [[]], "evaluation (no perturbation: only the weights and generation)", args.limit or 80)
+
+
+def _print(res) -> None:
+    from landscape.session import PlanReport
+
+    if isinstance(res, PlanReport):
+        print("\n".join(res.lines()))
+        return
     print(
         f"Harmful Score {res.harmful_score:.1f}% [{res.harmful_ci[0]:.1f}, {res.harmful_ci[1]:.1f}] "
         f"on {res.n_harmful} prompts ({res.judge.split(':')[0]} judge)"

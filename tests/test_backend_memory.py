@@ -358,3 +358,14 @@ def test_auto_placement_on_a_cpu_stores_random_directions_only_when_they_fit(org
     gpu = {name: perturbation_plan(shapes, "float32", specs, name, False) for name in PLACEMENTS}
     assert choose_placement(gpu, 10 * stored) == "device"
     assert choose_placement(gpu, 1) == "host"
+
+
+def test_asft_evaluate_plans_too(organism, tmp_path, capsys):
+    from asft.evaluate import main
+
+    assert main(["--model", str(organism["aligned"]), "--harmful_prompts", "never-read.csv", "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluation (no perturbation" in out and "placement auto would pick" in out
+    (tmp_path / "adapter").mkdir()
+    assert main(["--model", str(tmp_path / "adapter"), "--harmful_prompts", "x.csv", "--plan"]) == 2
+    assert "give --base" in capsys.readouterr().err
