@@ -203,6 +203,7 @@ def run(args: EplArgs):
     add_cosines(report, raw)
     report.judge_calls = {"hits": s.judge.hits, "misses": s.judge.misses}
     report.seconds = time.perf_counter() - t0
+    described = backend.describe()
     report.meta = {
         "args": asdict(args),
         "judge": s.judge.key(),
@@ -216,8 +217,8 @@ def run(args: EplArgs):
         "world_size": s.world_size,
         "foreign_directions": foreign,
         "memory_plan": plan_line,
-        "backend": backend.describe(),
-        "weights": backend.describe().get("weights") or {"format": "as stored (not quantised)"},
+        "backend": described,
+        "weights": described.get("weights") or {"format": "as stored (not quantised)"},
         "skipped": skipped,
     }
     if s.rank == 0:
