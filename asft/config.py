@@ -134,6 +134,13 @@ class AsftConfig(TrainingArguments):
         },
     )
     safelora_number: int = field(default=1, metadata={"help": "Safe LoRA number mode: modules to project"})
+    plan: bool = field(
+        default=False,
+        metadata={
+            "help": "print the bytes training will hold (weights, gradients, optimizer, anchor, activations) from the "
+            "model's shapes (a bare config.json is enough) and exit; nothing is trained or written"
+        },
+    )
     # ---------------------------------------------------------- TrainingArguments with AsFT's defaults
     output_dir: str | None = field(default="runs/asft", metadata={"help": "where the model and logs go"})
     num_train_epochs: float = field(default=10.0, metadata={"help": "epochs (the paper: 10)"})

@@ -10,13 +10,17 @@ estimated from the harmful examples in the data, penalised along). The anchor is
 report (``--report``, the ``results.json`` of ``python -m landscape.epl``) unless ``--allow_unverified_anchor``.
 Every option of Hugging Face's ``TrainingArguments`` is accepted too. Writes the fine-tuned model (merged,
 loadable with ``from_pretrained``), the adapter (LoRA), the anchor's verification and the training log
-into ``--output_dir``.
+into ``--output_dir``. ``--plan`` prints the bytes training will hold (:mod:`asft.plan`) and exits.
 """
 
 from __future__ import annotations
 
 
 def _run(cfg):
+    if cfg.plan:
+        from .plan import training_plan
+
+        return training_plan(cfg)
     from landscape.scan import process_group
 
     from .finetune import fine_tune
@@ -28,7 +32,12 @@ def _run(cfg):
 def _print(res) -> None:
     import os
 
+    from .plan import TrainPlan
+
     if int(os.environ.get("RANK", 0)) != 0:
+        return
+    if isinstance(res, TrainPlan):
+        print("\n".join(res.lines()))
         return
     v = res.verification
     if v is None:
