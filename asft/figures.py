@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from landscape.figures import Context
-from landscape.io import atomic_savefig, atomic_write_json
+from landscape.io import atomic_savefig, atomic_write_json, read_json
 
 N_TASK = 200
 LR = 1e-3
@@ -98,7 +98,7 @@ def one_run(ctx: Context, overrides: dict, p: float, seed: int) -> dict:
 
     f = cache / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
     if f.is_file():
-        return json.loads(f.read_text())
+        return read_json(f)
     tmp = Path(tempfile.mkdtemp(prefix="asft-run-"))
     try:
         data = tmp / "data.json"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_savefig
+from .io import atomic_savefig, read_json
 
 THRESHOLD = 50.0
 PROVIDER_GROUP = "safety_landscape.figures"
@@ -220,7 +220,7 @@ def compute_table1(ctx: Context) -> dict:
     for sd in ctx.seeds():
         org = ctx.organism(seed=sd)
         t = table1(org, k=10 if ctx.args.quick else 50)
-        premise = json.loads((org.root / PREMISE_FILE).read_text())
+        premise = read_json(org.root / PREMISE_FILE)
         per_seed[str(sd)] = {
             "rows": [r.__dict__ for r in t.rows],
             "null": t.null,
@@ -619,7 +619,7 @@ def check(args: FigureArgs) -> tuple[list[str], str, list[Path]]:
     reference = None
     if ref_file.is_file() and not args.record_reference:
         try:
-            reference = json.loads(ref_file.read_text(encoding="utf-8"))
+            reference = read_json(ref_file)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{ref_file}: not a check reference (not valid JSON: {e})") from None
         if not isinstance(reference, dict):
@@ -635,7 +635,7 @@ def check(args: FigureArgs) -> tuple[list[str], str, list[Path]]:
             recomputed[name] = FIGURES[name][0](ctx)
             if args.record_reference:
                 continue
-            committed = json.loads(data_file.read_text()) if reference is None else reference.get(name)
+            committed = read_json(data_file) if reference is None else reference.get(name)
             if committed is None:
                 problems.append(f"{name}: not in {ref_file}")
                 continue
@@ -690,7 +690,7 @@ def run(args: FigureArgs) -> dict[str, list[Path]]:
             data["environment"] = environment("cpu", "torch.float32")
             data["seed"] = args.seed
             atomic_write_json(data_file, data)
-        data = json.loads(data_file.read_text())
+        data = read_json(data_file)
         written[name] = render(data, out, args.html)
     return written
 

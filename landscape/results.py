@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from .io import atomic_write_json
+from .io import atomic_write_json, dumps, loads, read_json
 
 POINTS_FILE = "points.jsonl"
 RUN_FILE = "run.json"
@@ -121,7 +121,7 @@ class ResultsStore:
         self.close()
 
     def _open(self, meta: dict, restart: bool, rank: int, world_size: int) -> None:
-        self.meta = json.loads(json.dumps(meta, default=str))
+        self.meta = loads(dumps(meta))
         run_file = self.dir / RUN_FILE
         # One process writes points.jsonl; under torchrun each rank appends to its own file, and every
         # reader merges all of them, so ranks never write to the same file.
@@ -135,7 +135,7 @@ class ResultsStore:
                 f.unlink()
             run_file.unlink(missing_ok=True)
         if run_file.is_file():
-            stored = json.loads(run_file.read_text())
+            stored = read_json(run_file)
             diff = sorted(k for k in set(stored) | set(self.meta) if stored.get(k) != self.meta.get(k))
             if diff:
                 raise RunMismatchError(
@@ -167,7 +167,7 @@ class ResultsStore:
             if not line.endswith(b"\n"):
                 break  # torn final line: the process died while writing it
             try:
-                rec = json.loads(line)
+                rec = loads(line)
             except json.JSONDecodeError:
                 break
             self.points[point_key(rec["series"], rec["coords"])] = rec
@@ -187,7 +187,7 @@ class ResultsStore:
             "seconds": round(seconds, 4),
             "time": time.time(),
         }
-        line = (json.dumps(rec) + "\n").encode()
+        line = (dumps(rec) + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)

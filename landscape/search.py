@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import loads
 from .metrics import bootstrap_epl, check_threshold, effective_threshold, epl_adaptive, epl_from_grid
 from .results import ResultsStore
 
@@ -218,7 +219,7 @@ class EplReport:
         if not p.is_file():
             raise FileNotFoundError(f"EPL report {str(p)!r} does not exist")
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = loads(p.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{p}: not valid JSON ({e})") from None
         return cls.from_json(data, str(p))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..io import dumps, loads
 from ..tensors import MemoryStore, SafetensorsStore, ShardWriter, TensorStore, get_flat
 
 META_KEY = "landscape_direction"
@@ -150,7 +150,7 @@ def stream_map(
         if finalize is not None:
             meta = finalize(meta)
         if writer is not None:
-            writer.finish({META_KEY: json.dumps(meta, sort_keys=True)})
+            writer.finish({META_KEY: dumps(meta, sort_keys=True)})
             return load_direction(out)
     except BaseException:
         if writer is not None:
@@ -190,5 +190,5 @@ def load_direction(path: str | Path) -> Direction:
     raw = store.metadata.get(META_KEY)
     if raw is None:
         raise ValueError(f"{p} is not a saved direction: no {META_KEY!r} metadata in its safetensors header")
-    meta = json.loads(raw)
+    meta = loads(raw)
     return Direction(store, meta, dict(meta.get("aliases", {})))

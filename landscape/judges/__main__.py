@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..io import dumps, loads
 from ..session import DeviceArgs, JudgeArgs
 
 
@@ -64,7 +65,7 @@ def read_answers(path: str | Path) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{p}:{i}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
@@ -95,7 +96,7 @@ def run(args: JudgeAnswersArgs) -> int:
     if args.coherence_model:
         cutoff = _add_coherence(args, rows, out)
         print(f"coherence under {args.coherence_model}: cut-off {cutoff:.4f} nats/token")
-    atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
+    atomic_write_text(args.out, "".join(dumps(r, ensure_ascii=False) + "\n" for r in out))
     n = sum(r["unsafe"] for r in out)
     print(f"{args.judge}: {n}/{len(out)} unsafe ({100.0 * n / len(out):.1f} %) -> {args.out}")
     return 0

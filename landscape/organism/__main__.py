@@ -8,9 +8,10 @@ Without ``--out`` the checkpoints go to the cache (``$SAFETY_LANDSCAPE_CACHE`` o
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
+
+from ..io import read_json
 
 PRESET_NAMES = ("tiny", "small", "medium", "smollm2", "smollm2-tiny")  # the last two: real weights
 
@@ -40,7 +41,7 @@ def run(args: OrganismArgs) -> OrganismResult:
     t0 = time.perf_counter()
     org = build_organism(args.preset, seed=args.seed, cache_dir=args.out)
     if args.preset in REAL_PRESETS:
-        behaviour = json.loads((org.root / STAGES_FILE).read_text())
+        behaviour = read_json(org.root / STAGES_FILE)
     else:
         behaviour = {name: measure_stage(path, seed=args.seed) for name, path in org.stages.items()}
     return OrganismResult(org, behaviour, time.perf_counter() - t0)

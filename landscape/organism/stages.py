@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import tempfile
@@ -12,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..io import dumps
 from . import export
 
 PREMISE_FILE = "premise.json"
@@ -96,7 +96,7 @@ def _save_stage(model, tokenizer, final: Path, info: dict) -> None:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "stage.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+        (tmp / "stage.json").write_text(dumps(info, indent=2, sort_keys=True))
         for f in tmp.iterdir():
             f.chmod(0o644)  # save_pretrained may write 0600 files; checkpoints are meant to be shared
         tmp.chmod(0o755)

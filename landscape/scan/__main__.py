@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..epl import NORMALIZATION_NAMES
+from ..io import read_json
 from ..session import GenerationArgs, JudgeArgs, ModelArgs, OrganismArgs, PromptArgs
 
 
@@ -158,12 +159,10 @@ def run(args: ScanArgs):
         judge=s.judge.key(),
     )
     if s.rank == 0 and args.judge_after:
-        import json
-
         from ..results import RUN_FILE, ResultsStore
         from . import judge_pending
 
-        with ResultsStore(args.out, json.loads((Path(args.out) / RUN_FILE).read_text())) as store:
+        with ResultsStore(args.out, read_json(Path(args.out) / RUN_FILE)) as store:
             judge_pending(res, ev, store)
     if s.rank == 0:
         res.extra["pictures"] = write_pictures(res, Path(args.out), args.html)
