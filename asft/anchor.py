@@ -112,7 +112,10 @@ def load_anchor(
         raise AnchorError(
             f"the anchor has no module among target modules {list(target_modules)}; modules it has: {', '.join(have)}"
         )
-    modules = {n: make_module_anchor(n, d.get(n), k=k, seed=seed) for n in names}
+    try:
+        modules = {n: make_module_anchor(n, d.get(n), k=k, seed=seed) for n in names}
+    except ValueError as e:
+        raise AnchorError(f"{d.store.origin}: {e}") from None
     return Anchor(modules, list(d.meta.get("sources", [])))
 
 
@@ -147,6 +150,7 @@ def verify_report(
         if any(r.center_unsafe for r in harm_rows + al_rows):
             reasons.append(f"the report's centre is already unsafe (ASR {rep.center_asr:.1f}%): no basin to anchor in")
             return Verification(False, reasons, None, str(p), report=rep.to_json())
+        reasons += contradictions(rep)
         harm = min(harm_rows, key=lambda r: r.epl)
         al = min(r.epl for r in al_rows)
         if harm.censored or harm.epl <= 0:
@@ -184,6 +188,35 @@ def verify_report(
         if checkpoint_hash(model_dir) != mine["end"]:
             reasons.append(f"the model being trained ({model_dir}) is not the anchor's aligned checkpoint")
     return Verification(not reasons, reasons, ratio, str(p), report=rep.to_json())
+
+
+def contradictions(rep) -> list[str]:
+    """Rows of an EPL report that its own curves contradict (a report edited by hand, or merged from two runs).
+
+    On each side the EPL is the first crossing: every evaluated point nearer the centre than the row's EPL
+    (by more than the search's resolution) must be safe (ASR ≤ threshold), a found edge must have an unsafe
+    point within that resolution beyond it, and a censored side no unsafe point up to ``max_alpha``.
+    """
+    out = []
+    tau, tol = rep.settings.threshold, rep.settings.tol
+    for r in rep.rows:
+        if r.center_unsafe or r.epl is None:
+            continue
+        sign = 1.0 if r.side in (1, "+") else -1.0
+        side = "+" if sign > 0 else "-"
+        pts = [(abs(a), v) for a, v in rep.curves.get(r.direction, []) if a * sign > 0]
+        unsafe_before = [a for a, v in pts if v > tau and a < r.epl - tol]
+        if unsafe_before:
+            out.append(
+                f"the report contradicts itself: its EPL {r.direction} {side} = {r.epl:.4g}, but its curve is "
+                f"unsafe already at |alpha| = {min(unsafe_before):.4g}"
+            )
+        elif not r.censored and not any(v > tau and a <= r.epl + tol for a, v in pts):
+            out.append(
+                f"the report contradicts itself: its EPL {r.direction} {side} = {r.epl:.4g}, but its curve has no "
+                f"unsafe point within {tol:g} beyond it"
+            )
+    return out
 
 
 def subspace_evidence(anchor: Anchor, d_harm, draws: int = 20) -> dict:

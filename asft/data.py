@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def _field(rec, i: int, name: str, path, required: bool = True, kind=str):
         if required:
             raise ValueError(f"{path}, record {i}: missing field {name!r} (has {sorted(rec)})")
         return kind()
-    if not isinstance(rec[name], kind):
+    if not isinstance(rec[name], kind) or (kind is int and isinstance(rec[name], bool)):  # JSON true is no label
         raise ValueError(f"{path}, record {i}: field {name!r} must be {kind.__name__}, got {type(rec[name]).__name__}")
     return rec[name]
 
@@ -83,17 +84,25 @@ class TaskRecord:
     label: int
 
 
-def load_task_test(path: str | Path) -> list[TaskRecord]:
-    """Read a labelled task test set (``{instruction, input, label}``, integer labels)."""
+def load_task_test(path: str | Path, labels: Sequence[str] | None = None) -> list[TaskRecord]:
+    """Read a labelled task test set (``{instruction, input, label}``, integer labels indexing ``labels``, AG News's
+    four by default); a label outside them (or a boolean, which JSON's ``true`` would make 1) is an error."""
+    labels = list(AGNEWS_LABELS if labels is None else labels)
     data = _read_json_list(path)
-    return [
-        TaskRecord(
+    out = []
+    for i, r in enumerate(data):
+        rec = TaskRecord(
             _field(r, i, "instruction", path),
             _field(r, i, "input", path, required=False),
             _field(r, i, "label", path, kind=int),
         )
-        for i, r in enumerate(data)
-    ]
+        if not 0 <= rec.label < len(labels):
+            raise ValueError(
+                f"{path}, record {i}: label {rec.label} is outside the task's labels 0..{len(labels) - 1} "
+                f"({', '.join(labels)})"
+            )
+        out.append(rec)
+    return out
 
 
 def is_harmful(rec: SFTRecord) -> bool:

@@ -89,6 +89,9 @@ def make_module_anchor(name: str, V: torch.Tensor, k: int | None = 8, seed: int 
     With ``k``, the ``random`` control's basis (seeded by ``seed`` and the module name) is drawn too.
     """
     Vf = V.detach().float() if V.dtype not in (torch.float32, torch.float64) else V.detach()
+    if not bool(torch.isfinite(Vf).all()):
+        bad = "NaN" if bool(torch.isnan(Vf).any()) else "Inf"
+        raise ValueError(f"alignment direction of {name!r} contains {bad}: no anchor (nor penalty) can be built on it")
     norm = float(torch.linalg.matrix_norm(Vf))
     if norm == 0:
         raise ValueError(f"alignment direction of {name!r} is zero (the base and aligned weights are equal)")

@@ -88,7 +88,15 @@ def load_trained(path: str | Path, base: str | None = None, device: str = "cpu",
         if not base:
             raise ValueError(f"{p} is an adapter: give --base (the model it was trained on)")
         model = load_model(base, dtype=dtype, device=device, with_tokenizer=False)
-        model = PeftModel.from_pretrained(model, p).merge_and_unload().eval()
+        try:
+            model = PeftModel.from_pretrained(model, p).merge_and_unload().eval()
+        except RuntimeError as e:
+            if "size mismatch" not in str(e):
+                raise
+            first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln and "copying" in ln), "")
+            raise ValueError(
+                f"adapter {p} does not fit base {base}: it was trained on a model of other shapes ({first[:200]})"
+            ) from None
         tok_dir = p if any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")) else base
         return model, load_tokenizer(tok_dir)
     return load_model(p, dtype=dtype, device=device)

@@ -8,6 +8,7 @@ shapes, generated tensor by tensor and never stored.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -142,16 +143,40 @@ def _gram(a, b, names: list[str] | None = None):
     for n, (x, y) in _chunks([a, b], shared):
         g = acc.setdefault(n, [0.0, 0.0, 0.0, 0, True, True])
         g[0] += dot64(x, y)
-        g[1] += dot64(x, x)
-        g[2] += dot64(y, y)
+        g[1] += _finite_sq(x, a, n)
+        g[2] += _finite_sq(y, b, n)
         g[3] += x.numel()
     for store, names_only, slot, other in ((a, only_a, 1, 5), (b, only_b, 2, 4)):
         for n, (x,) in _chunks([store], names_only):
             g = acc.setdefault(n, [0.0, 0.0, 0.0, 0, True, True])
-            g[slot] += dot64(x, x)
+            g[slot] += _finite_sq(x, store, n)
             g[3] += x.numel()
             g[other] = False
     return acc
+
+
+def _finite_sq(x: torch.Tensor, store, name: str) -> float:
+    """‖x‖², or an error naming the tensor when it holds NaN or Inf (a cosine of it would read as 0)."""
+    v = dot64(x, x)
+    if not math.isfinite(v):
+        bad = "NaN" if bool(torch.isnan(x).any()) else "Inf"
+        raise ValueError(f"{_label(store)}: tensor {name!r} contains {bad}")
+    return v
+
+
+def _label(s) -> str:
+    if hasattr(s, "store") and hasattr(s, "name"):
+        return f"direction {s.name!r} ({getattr(s.store, 'origin', '?')})"
+    return str(getattr(s, "origin", "a direction"))
+
+
+def _check_nonzero(aa: float, bb: float, a, b) -> None:
+    for sq, s in ((aa, a), (bb, b)):
+        if sq == 0:
+            raise ValueError(
+                f"{_label(s)} is zero on every tensor: its cosine with anything is undefined "
+                "(were its two checkpoints the same?)"
+            )
 
 
 def dot(a, b, names: list[str] | None = None) -> float:
@@ -167,11 +192,12 @@ def norm(a, names: list[str] | None = None) -> float:
 
 def cosine(a, b, names: list[str] | None = None) -> float:
     """Whole-model cosine similarity over the union of tensor names (a tensor one side lacks counts as zero
-    there); 0 when either side is zero."""
+    there). A direction that is zero everywhere, or holds NaN/Inf, is an error (never a cosine of 0)."""
     a, b = _as(a), _as(b)
     acc = _gram(a, b, names)
     ab, aa, bb = (sum(g[i] for g in acc.values()) for i in range(3))
-    return ab / np.sqrt(aa * bb) if aa > 0 and bb > 0 else 0.0
+    _check_nonzero(aa, bb, a, b)
+    return ab / np.sqrt(aa * bb)
 
 
 @dataclass
@@ -194,7 +220,9 @@ def cosine_table(a, b, by: str = "module") -> list[CosineRow]:
         raise ValueError(f"Unknown grouping {by!r}. Available: {', '.join(GROUPINGS)}")
     a, b = _as(a), _as(b)
     acc: dict[str, list[float]] = {}
-    for n, (ab, aa, bb, k, in_a, in_b) in _gram(a, b).items():
+    gram = _gram(a, b)
+    _check_nonzero(sum(g[1] for g in gram.values()), sum(g[2] for g in gram.values()), a, b)
+    for n, (ab, aa, bb, k, in_a, in_b) in gram.items():
         g = acc.setdefault(group_of(n, by), [0.0, 0.0, 0.0, 0, 0.0, 0.0])
         for i, v in enumerate((ab, aa, bb, k)):
             g[i] += v

@@ -374,14 +374,18 @@ def bootstrap_epl(
     return float(lo), float(hi)
 
 
-T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}  # Student t
-
-
 def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
-    """Mean and 95 % Student-t interval over independent runs (seeds); one value: the interval is the value."""
+    """Mean and 95 % Student-t interval over independent runs (seeds), the t quantile with n − 1 degrees of freedom
+    for every n (scipy's); one value: the interval is the value."""
+    from scipy.stats import t
+
     v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        raise ValueError("mean_ci: no values")
+    if not np.isfinite(v).all():
+        raise ValueError(f"mean_ci: non-finite values among the runs ({v.tolist()})")
     m = float(v.mean())
     if len(v) < 2:
         return m, m, m
-    half = T975.get(len(v), 1.96) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    half = float(t.ppf(0.975, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
     return m, m - half, m + half

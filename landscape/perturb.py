@@ -98,9 +98,22 @@ def check_compatible(model: torch.nn.Module, directions: Sequence[Direction]) ->
     """
     names = _resolve(model, directions)
     for d in directions:
+        moves = False
         for n in d.names():
             if n in names:
-                _check_finite(d, n, d.get(n))
+                t = d.get(n)
+                _check_finite(d, n, t)
+                moves = moves or bool(t.any())
+        if not moves:
+            raise PerturbationError(zero_message(d))
+
+
+def zero_message(d: Direction) -> str:
+    return (
+        f"direction {d.name!r} ({d.store.origin}) is zero on every weight of the model: moving along it changes "
+        "nothing, so an EPL or a scan along it would measure the centre (were its two checkpoints the same, e.g. "
+        "--harmful given the aligned model itself?)"
+    )
 
 
 @dataclass
@@ -191,6 +204,8 @@ class Perturbation:
                 if not bool(t.any()):
                     continue  # a zero tensor (blacklisted) moves nothing
                 terms[n] = self._place(t.contiguous(), p, pl.directions)  # viewed flat, block by block
+            if not terms:
+                raise PerturbationError(zero_message(d))
             self.terms.append(terms)
         self.touched = [n for n in self.params if any(n in t for t in self.terms)]
         self.pristine = {

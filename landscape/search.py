@@ -72,11 +72,9 @@ class EplSettings:
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
-        finite = all(math.isfinite(v) for v in (self.tol, self.max_alpha, self.first_step))
-        if not (finite and self.tol > 0):
-            raise ValueError(f"--tol must be > 0, got {self.tol}")
-        if not (finite and self.max_alpha > 0):
-            raise ValueError(f"--max_alpha must be > 0, got {self.max_alpha}")
+        for flag, v in (("--tol", self.tol), ("--max_alpha", self.max_alpha), ("--first_step", self.first_step)):
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{flag} must be a finite number > 0, got {v}")
         if not 0 < self.first_step <= self.max_alpha:
             raise ValueError(f"--first_step must be in (0, --max_alpha={self.max_alpha}], got {self.first_step}")
         if self.bootstrap < 0:

@@ -18,10 +18,13 @@ CASES = [
     ("epl", "--threshold -1", "--threshold must be an ASR in [0, 100] %"),
     ("epl", "--threshold nan", "--threshold must be an ASR in [0, 100] %"),
     ("epl", "--threshold abc", "argument --threshold: invalid float value: 'abc'"),
-    ("epl", "--tol 0", "--tol must be > 0, got 0"),
-    ("epl", "--tol -0.1", "--tol must be > 0"),
-    ("epl", "--max_alpha -1", "--max_alpha must be > 0, got -1"),
-    ("epl", "--first_step 0", "--first_step must be in (0, --max_alpha=0.5]"),
+    ("epl", "--tol 0", "--tol must be a finite number > 0, got 0"),
+    ("epl", "--tol -0.1", "--tol must be a finite number > 0"),
+    ("epl", "--max_alpha -1", "--max_alpha must be a finite number > 0, got -1"),
+    ("epl", "--max_alpha inf", "--max_alpha must be a finite number > 0, got inf"),
+    ("epl", "--first_step nan", "--first_step must be a finite number > 0, got nan"),
+    ("epl", "--tol inf", "--tol must be a finite number > 0, got inf"),
+    ("epl", "--first_step 0", "--first_step must be a finite number > 0, got 0"),
     ("epl", "--first_step 0.6", "--first_step must be in (0, --max_alpha=0.5], got 0.6"),
     ("epl", "--bootstrap -1", "--bootstrap must be >= 0"),
     ("epl", "--limit -1", "--limit must be >= 1, got -1"),
@@ -65,6 +68,18 @@ CASES = [
     ("epl", "--preset tiny --cache_dir {cache} --out {bad}/ok.csv/sub", "not a directory"),
     ("epl", "--preset tiny --cache_dir {cache} --out {bad}/locked", "another run is writing to"),
     ("epl", "--preset tiny --cache_dir {cache} --out {bad}/other-run", "come from a different run"),
+    # --- degenerate directions (round two)
+    (
+        "epl",
+        "--aligned {org}/aligned --base {org}/base --harmful {org}/aligned --prompts {bad}/ok.csv",
+        "direction 'd_harm' (<memory>) is zero on every weight of the model",
+    ),
+    (
+        "epl",
+        "--preset tiny --cache_dir {cache} --direction {bad}/zero",
+        "direction 'zero' (<memory>) is zero on every",
+    ),
+    ("epl", "--preset tiny --cache_dir {cache} --direction {bad}/nandir", "contains NaN"),
     # --- landscape.scan
     ("scan", "--direction d_harm --alphas a:b:c --out {out}", "--alphas 'a:b:c'"),
     ("scan", "--direction d_harm --alphas 0:1 --out {out}", "--alphas '0:1': expected lo:hi:n"),
@@ -99,6 +114,9 @@ CASES = [
         "is not a valid regular expression",
     ),
     ("directions", "table {bad}/d", "give at least two directions"),
+    ("directions", "table {bad}/zero {bad}/d", "direction 'zero' ({bad}/zero) is zero on every tensor"),
+    ("directions", "table {bad}/d {bad}/nandir", "direction 'nandir' ({bad}/nandir): tensor"),
+    ("directions", "compute --start {org}/aligned --end {org}/aligned --out {out}", "the direction is zero"),
     ("directions", "table {bad}/d {bad}/d --by row", "argument --by: invalid choice: 'row'"),
     ("directions", "table {bad}/d --null -1", "--null must be >= 0"),
     ("directions", "frobnicate", "unknown command 'frobnicate'. Available: compute, table, table1"),
@@ -135,7 +153,24 @@ CASES = [
         " --use_cpu",
         "the anchor has no module among target modules ['wq']",
     ),
+    (
+        "train",
+        "--aligned {org}/aligned --anchor {bad}/nandir --form l2 --data {bad}/sft.json --output_dir {out} --use_cpu"
+        " --allow_unverified_anchor",
+        "contains NaN: no anchor (nor penalty) can be built on it",
+    ),
     # --- asft.evaluate
+    (
+        "evaluate",
+        "--model {org}/aligned --harmful_prompts {bad}/ok.csv --task_test {bad}/truelabel.json",
+        "record 1: field 'label' must be int, got bool",
+    ),
+    (
+        "evaluate",
+        "--model {org}/aligned --harmful_prompts {bad}/ok.csv --task_test {bad}/label9.json",
+        "record 0: label 9 is outside the task's labels 0..3",
+    ),
+    ("evaluate", "--model {bad}/adapter --base {bad}/wide --harmful_prompts {bad}/ok.csv", "does not fit base"),
     ("evaluate", "--model {org}/aligned --harmful_prompts {bad}/ok.csv --judge classifier", "needs --judge_path"),
     ("evaluate", "--model {bad}/none --harmful_prompts {bad}/ok.csv", "Model path '{bad}/none' does not exist"),
     ("evaluate", "--model {org}/aligned --harmful_prompts {bad}/ok.csv --limit 0", "--limit must be >= 1"),
@@ -182,11 +217,37 @@ def bad(tmp_path_factory, organism):
     _wide_checkpoint(organism, d / "wide")
     save_direction(random_like(d / "wide", seed=0, name="foreign"), d / "foreign")
     save_direction(random_like(organism["aligned"], seed=0, name="r"), d / "d")
+    _degenerate_directions(organism, d)
+    _adapter(organism, d / "adapter")
+    task = [{"instruction": "Topic?", "input": "Stocks rally", "label": 2}]
+    (d / "truelabel.json").write_text(json.dumps(task + [{"instruction": "Topic?", "input": "x", "label": True}]))
+    (d / "label9.json").write_text(json.dumps([{"instruction": "Topic?", "input": "Stocks rally", "label": 9}]))
     locked = ResultsStore(d / "locked", {"run": "someone else's"})  # held for the whole module
     (d / "other-run").mkdir()
     (d / "other-run" / "run.json").write_text(json.dumps({"model": "another model"}))
     yield d
     locked.close()
+
+
+def _degenerate_directions(organism, d):
+    """A direction that is zero everywhere and one holding a NaN (aligned − base with one value broken)."""
+    from landscape.directions import difference, save_direction
+
+    zero = difference(organism["aligned"], organism["aligned"], name="zero")
+    save_direction(zero, d / "zero")
+    nan = difference(organism["base"], organism["aligned"], name="nandir")
+    nan.get("model.layers.0.self_attn.q_proj.weight")[0, 0] = float("nan")
+    save_direction(nan, d / "nandir")
+
+
+def _adapter(organism, path):
+    """A LoRA adapter of the organism (saved by peft), to be put on a base of another width."""
+    from peft import LoraConfig, get_peft_model
+
+    from landscape.loading import load_model
+
+    model, _ = load_model(organism["aligned"])
+    get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(path)
 
 
 def _classifier_checkpoint(organism, path):

@@ -289,3 +289,26 @@ def test_cli_compute_table_table1(organism, organism_cache, tmp_path, capsys, d_
     for n in ("10", "50", "100", "500"):
         assert f"\n{n:>5} " in out
     assert "random null (K=5)" in out
+
+
+def test_table_says_when_two_directions_share_no_checkpoint(organism, tmp_path, capsys):
+    """Directions computed from unrelated checkpoints of one architecture get a warning beside their cosine;
+    d_aligned and d_harm (which share the aligned checkpoint) get none."""
+    from landscape.directions import difference, save_direction
+    from landscape.directions.__main__ import main as directions_main
+    from landscape.loading import load_model
+
+    model, tok = load_model(organism["base"])
+    for name, scale in (("x0", 0.0), ("x1", 0.01)):
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p), alpha=0.02 + scale)
+        model.save_pretrained(tmp_path / name)
+    save_direction(difference(tmp_path / "x0", tmp_path / "x1", name="other"), tmp_path / "other")
+    save_direction(difference(organism["base"], organism["aligned"], name="d_aligned"), tmp_path / "al")
+    save_direction(difference(organism["aligned"], organism["harmful-100"], name="d_harm"), tmp_path / "harm")
+    assert directions_main(["table", str(tmp_path / "al"), str(tmp_path / "harm"), "--by", "model"]) == 0
+    assert "share no checkpoint" not in capsys.readouterr().out
+    assert directions_main(["table", str(tmp_path / "al"), str(tmp_path / "other"), "--by", "model"]) == 0
+    assert "warning: d_aligned and other share no checkpoint" in capsys.readouterr().out

@@ -110,9 +110,29 @@ def compute(a: ComputeArgs) -> int:
         d = normalize(d, reference, a.normalization, blacklist=a.blacklist or None, out=out)
     if d.store.origin != out:  # built in memory
         save_direction(d, out)
+    from ..geometry import norm as total_norm
+
+    if total_norm(d) == 0:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        raise ValueError(
+            f"{out}: the direction is zero on every tensor (do --start and --end hold the same weights?); nothing "
+            "written"
+        )
     norm = d.meta.get("normalization", "none")
     print(f"wrote {out}: {d.name} ({d.kind}, normalisation {norm}, {len(d)} tensors, {d.numel():,} values)")
     return 0
+
+
+def shared_checkpoint(x, y) -> bool | None:
+    """Whether two directions were computed from a common checkpoint (a content hash both record): None when
+    either records none (a random direction, an old file), so it cannot tell."""
+    hx = {s["sha256"] for s in x.meta.get("sources", []) if s.get("sha256")}
+    hy = {s["sha256"] for s in y.meta.get("sources", []) if s.get("sha256")}
+    if not hx or not hy:
+        return None
+    return bool(hx & hy)
 
 
 def table(a: TableArgs) -> int:
@@ -121,14 +141,22 @@ def table(a: TableArgs) -> int:
 
     dirs = [load_direction(p) for p in a.directions]
     print(f"{'a':<16} {'b':<16} {'group':<14} {'cos':>10} {'|a|':>10} {'|b|':>10} {'a shared':>8} {'b shared':>8}")
+    foreign = []
     for i, x in enumerate(dirs):
         for y in dirs[i + 1 :]:
+            if shared_checkpoint(x, y) is False:
+                foreign.append((x, y))
             for r in cosine_table(x, y, by=a.by):
                 print(
                     f"{x.name:<16} {y.name:<16} {r.group:<14} {r.cos:10.3e} {r.norm_a:10.3e} {r.norm_b:10.3e} "
                     f"{r.shared_a:8.1%} {r.shared_b:8.1%}"
                 )
     print("(a shared: the share of |a|^2 in tensors b also has; a tensor one side lacks counts as zero there)")
+    for x, y in foreign:
+        print(
+            f"warning: {x.name} and {y.name} share no checkpoint (their sources' content hashes differ): they may "
+            "belong to different models, and their cosine compares unrelated weights"
+        )
     if a.reference:
         for d in dirs:
             print(f"|{d.name}| / |theta| = {relative_norm(d, a.reference):.3e}")
