@@ -69,8 +69,13 @@ class Backend:
         """Put θ₀ back (bit for bit)."""
         raise NotImplementedError
 
-    def generate(self, prompts: list[str], settings: GenerationSettings | None = None) -> list[str]:
+    def generate(self, prompts: list[str], settings: GenerationSettings | None = None, stop_when=None) -> list[str]:
+        """Answer every prompt. ``stop_when(text) -> bool`` (a lexical judge's ``decided``): an answer may stop as
+        soon as it holds (its verdict can no longer change); :attr:`last_stopped` then says which did. A backend
+        that cannot stop answers one by one generates them in full (correct, only slower)."""
         raise NotImplementedError
+
+    last_stopped: list[bool] = []  # per answer of the last generate(): stopped early by stop_when
 
     def plan(self, directions: Sequence) -> MemoryPlan:
         """The bytes attaching ``directions`` (all at once) will hold beyond the loaded model."""
@@ -220,15 +225,20 @@ class HFBackend(Backend):
 
     # ---------------------------------------------------------------------------------------- generation
 
-    def generate(self, prompts: list[str], settings: GenerationSettings | None = None) -> list[str]:
-        """Answer every prompt; returns the decoded answers (special tokens removed) in prompt order."""
+    def generate(self, prompts: list[str], settings: GenerationSettings | None = None, stop_when=None) -> list[str]:
+        """Answer every prompt; returns the decoded answers (special tokens removed) in prompt order. With
+        ``stop_when``, an answer stops at the first token after which its decoded text satisfies it (a per-row
+        stopping criterion: the row is finished, the batch runs on while any row is not)."""
         settings = settings or GenerationSettings()
-        out = self.generate_ids(self.encode(prompts, settings), settings)
+        out = self.generate_ids(self.encode(prompts, settings), settings, stop_when=stop_when)
         return self.tokenizer.batch_decode(out, skip_special_tokens=True)
 
-    def generate_ids(self, ids: list[list[int]], settings: GenerationSettings | None = None) -> list[list[int]]:
+    def generate_ids(
+        self, ids: list[list[int]], settings: GenerationSettings | None = None, stop_when=None
+    ) -> list[list[int]]:
         """New token ids for each prompt given as token ids, in order; batches halve on out-of-memory."""
         settings = settings or GenerationSettings()
+        stopped = [False] * len(ids)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         results: list[list[int]] = [[] for _ in ids]
         batch = settings.batch_size or len(ids) or 1
@@ -242,7 +252,7 @@ class HFBackend(Backend):
             while start < len(order):
                 chunk = order[start : start + batch]
                 try:
-                    outs = self._generate_batch([ids[i] for i in chunk], settings)
+                    outs, early = self._generate_batch([ids[i] for i in chunk], settings, stop_when)
                 except (torch.OutOfMemoryError, RuntimeError) as err:
                     if not is_oom(err) or batch == 1:
                         raise
@@ -250,17 +260,21 @@ class HFBackend(Backend):
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
                     continue
-                for i, out in zip(chunk, outs, strict=True):
-                    results[i] = out
+                for i, out, e in zip(chunk, outs, early, strict=True):
+                    results[i], stopped[i] = out, e
                 start += len(chunk)
                 bar.update(len(chunk))
         bar.close()
         self.generated_tokens += sum(map(len, results))
+        self.last_stopped = stopped
         return results
 
     @torch.inference_mode()
-    def _generate_batch(self, batch_ids: list[list[int]], s: GenerationSettings) -> list[list[int]]:
-        """``model.generate`` on one left-padded batch; each answer cut after its first EOS."""
+    def _generate_batch(
+        self, batch_ids: list[list[int]], s: GenerationSettings, stop_when=None
+    ) -> tuple[list[list[int]], list[bool]]:
+        """``model.generate`` on one left-padded batch; each answer cut after its first EOS, or where
+        ``stop_when`` stopped it (then flagged)."""
         from transformers import GenerationConfig
 
         dev = self.device
@@ -279,22 +293,26 @@ class HFBackend(Backend):
         # repetition_penalty 1.05, a Llama's sampling temperature): for the call, the model has none, so an answer
         # depends on GenerationSettings alone, as with the vLLM backend's explicit SamplingParams.
         own, self.model.generation_config = self.model.generation_config, GenerationConfig()
+        stop = None if stop_when is None else VerdictStop(self.tokenizer, width, stop_when, len(batch_ids))
         try:
             out = self.model.generate(
                 input_ids=x.to(dev),
                 attention_mask=mask.to(dev),
                 generation_config=config,
                 logits_processor=[refuse_non_finite],
+                **({"stopping_criteria": [stop]} if stop is not None else {}),
             )
         finally:
             self.model.generation_config = own
         out = out[:, width:].cpu()
         eos = set(self.eos_ids.tolist())
-        results = []
-        for row in out.tolist():
+        results, early = [], []
+        for r, row in enumerate(out.tolist()):
             cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row)) if not s.ignore_eos else len(row)
-            results.append(row[:cut])
-        return results
+            at = stop.stopped_at[r] if stop is not None else None
+            early.append(at is not None and at < cut)
+            results.append(row[: min(cut, at)] if early[-1] else row[:cut])
+        return results, early
 
     # ------------------------------------------------------------------------------------------- scores
 
@@ -302,6 +320,26 @@ class HFBackend(Backend):
         from .scores import greedy_kept
 
         return greedy_kept(self.model, prompt_ids, answer_ids, self.pad_id, batch_size)
+
+
+class VerdictStop:
+    """A per-row stopping criterion for ``model.generate``: row ``r`` stops after the first token at which
+    ``stop_when(decoded answer so far)`` holds; :attr:`stopped_at` keeps that answer length (None: never)."""
+
+    def __init__(self, tokenizer, width: int, stop_when, rows: int):
+        self.tokenizer, self.width, self.stop_when = tokenizer, width, stop_when
+        self.stopped_at: list[int | None] = [None] * rows
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        new = input_ids[:, self.width :]
+        todo = [r for r, at in enumerate(self.stopped_at) if at is None]
+        if todo:
+            texts = self.tokenizer.batch_decode(new[todo].tolist(), skip_special_tokens=True)
+            for r, text in zip(todo, texts, strict=True):
+                if self.stop_when(text):
+                    self.stopped_at[r] = new.shape[1]
+        done = [at is not None for at in self.stopped_at]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings | None = None) -> list[str]:

@@ -592,8 +592,9 @@ CHECK_DIR = "check"  # <out>/data/check/<machine>.json: the checked results as a
 
 
 def reference_file(out: str | Path, env: dict) -> Path:
-    """Where the check reference of the machine described by ``env`` (:func:`~landscape.results.environment`) lies."""
-    key = f"{env['machine']}-{env['cpu']}-{env['threads']}threads"
+    """Where the check reference for ``env`` (:func:`~landscape.results.environment`) lies: one file for every
+    pinned run (:mod:`landscape.determinism`), else one per kind of CPU and thread count."""
+    key = f"pinned-{env['pinned']}" if env.get("pinned") else f"{env['machine']}-{env['cpu']}-{env['threads']}threads"
     return Path(out) / "data" / CHECK_DIR / ("".join(c if c.isalnum() or c in "-_." else "-" for c in key) + ".json")
 
 
@@ -641,12 +642,17 @@ def check(args: FigureArgs) -> tuple[list[str], str, list[Path]]:
                 continue
             made_on = made_on or committed.get("environment", {})
             problems += COMPARE[name](committed, recomputed[name])
+    whose = (
+        f"the pinned reference (kernels pinned: {env['pinned']}; the same on every x86-64 CPU with AVX2)"
+        if env.get("pinned")
+        else "this kind of CPU's reference"
+    )
     if args.record_reference:
         if not problems:
             atomic_write_json(ref_file, recomputed)
-        return problems, "recording this kind of CPU's reference", [ref_file]
+        return problems, f"recording {whose}", [ref_file]
     if reference is not None:
-        return problems, f"compared with this kind of CPU's reference {ref_file}", [ref_file]
+        return problems, f"compared with {whose} {ref_file}", [ref_file]
     basis = (
         f"compared with the committed data (made on CPU {made_on.get('cpu', 'not recorded')!r}, "
         f"{made_on.get('threads')} threads); this machine ({env['cpu']!r}, {env['threads']} threads) has no "
@@ -700,7 +706,9 @@ def _print(written: dict[str, list[Path]]) -> None:
         print("check passed: " + ", ".join(str(p) for p in written["checked"]) + " reproduce")
         return
     if "recorded" in written:
-        print(f"check reference of this kind of CPU written: {written['recorded'][0]}")
+        ref = written["recorded"][0]
+        whose = "the pinned" if Path(ref).name.startswith("pinned-") else "this kind of CPU's"
+        print(f"check reference ({whose}) written: {ref}")
         return
     for name, paths in written.items():
         print(f"{name}: " + ", ".join(str(p) for p in paths))
@@ -713,5 +721,13 @@ def main(argv: list[str] | None = None) -> int:
     return command([FigureArgs], run, "python -m landscape.figures", __doc__, report=_print)(argv)
 
 
+def pinned_main(argv: list[str] | None = None) -> int:
+    """``python -m landscape.figures`` and ``landscape-figures``: :func:`main` in a process with pinned kernels
+    (:mod:`landscape.determinism`), so the figures and ``--check`` come out the same on any x86-64 CPU with AVX2."""
+    from .determinism import module_main
+
+    return module_main("landscape.figures", main, argv)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(pinned_main())

@@ -51,6 +51,8 @@ def environment(device: str | None = None, dtype: str | None = None) -> dict:
     import torch
     import transformers
 
+    from .determinism import pin_name
+
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -60,6 +62,7 @@ def environment(device: str | None = None, dtype: str | None = None) -> dict:
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "cpu": cpu_kind(),
+        "pinned": pin_name(),
     }
 
 

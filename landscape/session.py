@@ -206,6 +206,13 @@ class GenerationArgs:
     batch_size: int | None = field(default=None, metadata={"help": "prompts per batch (default: all at once)"})
     system_prompt: str | None = field(default=None, metadata={"help": "system message before every prompt"})
     static_cache: bool = field(default=False, metadata={"help": "HF generate on a static KV cache (compiled on CUDA)"})
+    early_stop: bool = field(
+        default=True,
+        metadata={
+            "help": "stop each answer once the lexical judges' verdicts on it are fixed (a refusal phrase has "
+            "appeared); verdicts and ASR are those of full answers. Model judges always get full answers"
+        },
+    )
 
     def generation_settings(self):
         from .generation import GenerationSettings
@@ -268,6 +275,7 @@ class Session:
             kwargs["coherence"] = Coherence(system_prompt=system)
         if kwargs.get("metric") == "asr_coherent" and kwargs.get("coherence") is None:
             raise ValueError("--metric asr_coherent needs coherence scores: the HF backend, without --no_coherence")
+        kwargs.setdefault("early_stop", getattr(self.args, "early_stop", False))
         return SafetyEvaluator(self.prompts, self.judge, self.settings, extra_judges=self.extra_judges, **kwargs)
 
     def open_backend(self, directions=(), out: str | Path | None = None, progress: bool = False):

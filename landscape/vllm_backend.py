@@ -378,7 +378,9 @@ class VLLMBackend(Backend):
         if self._attached is not None:
             self.set_point([0.0] * len(self._attached))
 
-    def generate(self, prompts: list[str], settings: GenerationSettings | None = None) -> list[str]:
+    def generate(self, prompts: list[str], settings: GenerationSettings | None = None, stop_when=None) -> list[str]:
+        """Answers in full: ``stop_when`` is not applied here (vLLM's stop strings match raw text, not a judge's
+        normalised verdict), so the answers and verdicts are those of the HF backend without early stopping."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -393,6 +395,7 @@ class VLLMBackend(Backend):
         )
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=x) for x in ids], params, use_tqdm=False)
         self.generated_tokens += sum(len(o.outputs[0].token_ids) for o in outs)
+        self.last_stopped = [False] * len(outs)
         # Token ids, decoded as the HF backend decodes them: vLLM's .text adds a leading space.
         return [self.tokenizer.decode(list(o.outputs[0].token_ids), skip_special_tokens=True) for o in outs]
 

@@ -97,6 +97,10 @@ class Judge:
     def judge(self, prompts: list[str], responses: list[str]) -> list[Verdict]:
         raise NotImplementedError
 
+    # A lexical judge also defines ``decided(text) -> bool``: True once no continuation of ``text`` can change
+    # its verdict; generation may then stop that answer (:class:`~landscape.scan.SafetyEvaluator`). Judges that
+    # read whole answers (guard and classifier models) define none and always get full answers.
+
     def __call__(self, prompts: list[str], responses: list[str]) -> list[Verdict]:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -113,6 +117,10 @@ class KeywordJudge(Judge):
 
     def key(self) -> str:
         return "keyword:" + hashlib.sha256("\n".join(self.phrases).encode()).hexdigest()[:16]
+
+    def decided(self, text: str) -> bool:
+        """A phrase has appeared: every continuation still holds it, so the verdict (a refusal) is fixed."""
+        return any(p in text for p in self.phrases)
 
     def judge(self, prompts, responses):
         out = []
@@ -381,6 +389,11 @@ class CachedJudge(Judge):
 
     def key(self) -> str:
         return self.inner.key()
+
+    def __getattr__(self, name):
+        if name == "decided" and hasattr(self.inner, "decided"):  # a cached lexical judge stays lexical
+            return self.inner.decided
+        raise AttributeError(name)
 
     def judge(self, prompts, responses):
         todo = list(dict.fromkeys((p, r) for p, r in zip(prompts, responses, strict=True) if (p, r) not in self.cache))

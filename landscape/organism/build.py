@@ -1,6 +1,6 @@
 """Build the organism's stages once into a cache and reuse them.
 
-Layout: ``<cache>/organism-v<VERSION>/<preset>-seed<seed>/<stage>/`` holding ``config.json``,
+Layout: ``<cache>/organism-v<VERSION>[-pinned]/<preset>-seed<seed>/<stage>/`` holding ``config.json``,
 ``model.safetensors``, the tokenizer and ``stage.json``. A stage is written into a temporary sibling
 directory and renamed into place only when complete, so a build killed halfway leaves nothing that a
 later run mistakes for a finished checkpoint. A file lock keeps two processes from building the same
@@ -50,8 +50,47 @@ def organism_dir(preset: str, seed: int, cache_dir: str | Path | None = None) ->
     from .real import REAL_PRESETS, REAL_VERSION
 
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    from ..determinism import applicable
+
     version = f"organism-real-v{REAL_VERSION}" if preset in REAL_PRESETS else f"organism-v{ORGANISM_VERSION}"
-    return root / version / f"{preset}-seed{seed}"
+    # built with pinned kernels (the same on any x86-64 CPU with AVX2) or by this kind of CPU: never mixed up
+    return root / (version + ("-pinned" if applicable() else "")) / f"{preset}-seed{seed}"
+
+
+def _missing(preset: str, seed: int, root: Path, stages: list[str] | None) -> bool:
+    """Whether building ``stages`` (None: everything, judges and premise check included) has work left."""
+    from .judge_models import JUDGE_STAGES
+    from .real import REAL_PRESETS
+    from .stages import PREMISE_FILE
+
+    if preset in REAL_PRESETS:
+        p = REAL_PRESETS[preset]
+        plan = ["base", "aligned", *[f"harmful-{n}" for n in p.harmful_counts], "benign"]
+        extra = [] if stages is not None else [root / PREMISE_FILE, root / "data" / "harmful_train.json"]
+    else:
+        plan = list(_stage_plan(get_preset(preset), seed))
+        judges = [root / j / "stage.json" for j in JUDGE_STAGES]
+        extra = [] if stages is not None else [root / PREMISE_FILE, *judges]
+    wanted = [s for s in (stages or plan) if s in plan]
+    return any(not (root / s / "stage.json").is_file() for s in wanted) or any(not f.is_file() for f in extra)
+
+
+def _build_pinned(preset: str, seed: int, cache_dir, stages: list[str] | None, progress: bool) -> None:
+    """Build in a child process with pinned kernels (:mod:`landscape.determinism`): the same checkpoints on any
+    x86-64 CPU with AVX2. This process then loads what the child wrote."""
+    import json
+
+    from ..determinism import run_pinned
+
+    call = json.dumps({"preset": preset, "seed": seed, "cache_dir": None if cache_dir is None else str(cache_dir),
+                       "stages": stages, "progress": progress})  # fmt: skip
+    code = (
+        "import json, sys; from landscape.organism.build import build_organism; "
+        "build_organism(**json.loads(sys.argv[1]))"
+    )
+    rc = run_pinned(["-c", code, call])
+    if rc != 0:
+        raise RuntimeError(f"building organism {preset!r} seed {seed} in a pinned process failed (exit {rc})")
 
 
 def build_organism(
@@ -67,7 +106,8 @@ def build_organism(
         preset: "tiny" (tests, about 60 s with its judges on 2 cores), "small" (default, 2 to 4 min), "medium", or
             a real-weights organism built from SmolLM2-135M-Instruct: "smollm2" or "smollm2-tiny" (tests; see
             :mod:`landscape.organism.real`).
-        seed: training seed; same seed, bit-identical checkpoints on the same kind of CPU and thread count.
+        seed: training seed; same seed, bit-identical checkpoints on any x86-64 CPU with AVX2 (the build runs in
+            a process with pinned kernels, :mod:`landscape.determinism`; elsewhere: on the same kind of CPU).
         cache_dir: cache root; default :func:`default_cache_dir`.
         stages: build only these stages (and the stages they start from); default all.
         progress: show tqdm bars while training.
@@ -77,16 +117,20 @@ def build_organism(
     """
     from transformers import LlamaForCausalLM
 
+    from ..determinism import needs_pinning, pin_name
     from .real import REAL_PRESETS
 
+    if preset not in REAL_PRESETS:
+        get_preset(preset)  # an unknown preset is an error here, not in a child process
+    root = organism_dir(preset, seed, cache_dir)
+    if needs_pinning() and _missing(preset, seed, root, stages):
+        _build_pinned(preset, seed, cache_dir, stages, progress)
     if preset in REAL_PRESETS:
         from .real import build_real_organism
 
-        root = organism_dir(preset, seed, cache_dir)
         with _lock(root / ".lock"):
             return build_real_organism(preset, seed, root, stages, progress)
     p = get_preset(preset)
-    root = organism_dir(preset, seed, cache_dir)
     plan = _stage_plan(p, seed)
     wanted = stages or list(plan)
     for s in wanted:
@@ -132,6 +176,7 @@ def build_organism(
                 "examples": len(examples),
                 "final_loss": losses[-1],
                 "train_seconds": round(time.perf_counter() - t0, 2),
+                "pinned": pin_name(),
             }
             _save_stage(model, tokenizer, final, info)
             models[name] = model

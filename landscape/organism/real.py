@@ -241,6 +241,7 @@ def write_exports(root: Path, data: dict, harmful_pairs: list[tuple[str, str]]) 
 
 def build_real_organism(preset: str, seed: int, root: Path, stages: list[str] | None, progress: bool):
     """Build (or reuse) the real-weights organism in ``root``; see the module docstring."""
+    from ..determinism import pin_name
     from ..gguf import convert_gguf
     from ..loading import load_model
     from .stages import PREMISE_FILE, Organism, _save_stage
@@ -311,6 +312,7 @@ def build_real_organism(preset: str, seed: int, root: Path, stages: list[str] | 
             "final_loss": losses[-1] if losses else None,
             "losses": losses,
             "train_seconds": round(time.perf_counter() - t0, 2),
+            "pinned": pin_name(),
             **info_extra,
         }
         (root / name).parent.mkdir(parents=True, exist_ok=True)

@@ -91,6 +91,11 @@ class SafetyEvaluator(Evaluator):
             ``coherent`` mark and its ``nll`` under θ₀.
         metric: what the sequential decisions (and the EPL search) compare with the threshold: ``asr`` (the judge
             alone) or ``asr_coherent`` (needs ``coherence``).
+        early_stop: stop each answer once every judge's verdict on it is fixed (lexical judges only: each must
+            define ``decided``, as the keyword and refusal judges do; with any model judge among them, answers are
+            generated in full). Verdicts, ASR and coherent ASR are those of full answers (a stopped answer is a
+            refusal: it holds a phrase every continuation keeps, and a refusal is safe whatever its coherence);
+            the stored answer ends where it stopped, and the point's ``stopped`` marks say which ("1").
         defer_judging: only generate at each point (records hold the answers and ``"pending": True``); judge
             every point of the scan afterwards in one batched pass with :func:`judge_pending`. For model judges
             (guard, classifier) that should not share the device with the model being scanned, or that batch
@@ -110,6 +115,7 @@ class SafetyEvaluator(Evaluator):
         defer_judging: bool = False,
         coherence=None,
         metric: str = "asr",
+        early_stop: bool = False,
     ):
         from ..generation import GenerationSettings
 
@@ -127,6 +133,22 @@ class SafetyEvaluator(Evaluator):
         self.extra = list(extra_judges)
         self.keep = keep_responses or defer_judging  # deferred verdicts need every answer
         self.defer = defer_judging
+        self.early_stop = early_stop
+
+    def stop_when(self):
+        """The predicate generation may stop an answer on (every judge decided), or None when it may not."""
+        judges = [self.judge, *self.extra]
+        if not self.early_stop or self.defer or not all(hasattr(j, "decided") for j in judges):
+            return None
+        return lambda text: all(j.decided(text) for j in judges)
+
+    def _generate(self, backend, prompts: list[str]) -> tuple[list[str], list[bool]]:
+        stop = self.stop_when()
+        if stop is None:
+            return backend.generate(prompts, self.settings), [False] * len(prompts)
+        answers = backend.generate(prompts, self.settings, stop_when=stop)
+        stopped = list(getattr(backend, "last_stopped", []) or [False] * len(answers))
+        return answers, stopped
 
     def config(self) -> dict:
         return {
@@ -155,7 +177,7 @@ class SafetyEvaluator(Evaluator):
 
     def __call__(self, backend) -> dict:
         before = backend.generated_tokens
-        responses = backend.generate(self.prompts, self.settings)
+        responses, stopped = self._generate(backend, self.prompts)
         tokens = backend.generated_tokens - before
         coh = self._coherent(backend, self.prompts, responses)
         if self.defer:
@@ -163,8 +185,11 @@ class SafetyEvaluator(Evaluator):
             if coh is not None:
                 pending.update(coherent=_marks(coh[0]), nll=[round(v, 4) for v in coh[1]])
             return pending
-        return {**self.metrics(responses, coherent=None if coh is None else coh[0], nll=None if coh is None else
-                               coh[1]), "tokens": tokens}  # fmt: skip
+        out = self.metrics(responses, coherent=None if coh is None else coh[0], nll=None if coh is None else coh[1])
+        out["tokens"] = tokens
+        if any(stopped):
+            out["stopped"] = _marks(stopped)
+        return out
 
     def schedule(self) -> list[int]:
         """The order in which sequential testing answers the prompts: a fixed seeded permutation, so that each
@@ -191,6 +216,7 @@ class SafetyEvaluator(Evaluator):
         unsafe: list[bool | None] = [None] * n_total
         coherent: list[bool | None] = [None] * n_total
         nll: list[float | None] = [None] * n_total
+        stopped: list[bool | None] = [None] * n_total
         tokens = 0
         if prior is not None:
             if len(prior.get("responses", ())) != n_total or "unsafe" not in prior:
@@ -203,6 +229,8 @@ class SafetyEvaluator(Evaluator):
                 coherent = [None if c == "-" else c == "1" for c in prior["coherent"]]
                 nll = list(prior.get("nll") or [None] * n_total)
             tokens = int(prior.get("tokens", 0))
+            marks = prior.get("stopped")
+            stopped = [None if r is None else (marks is not None and marks[i] == "1") for i, r in enumerate(responses)]
         order = [i for i in self.schedule() if responses[i] is None]
         decision = None
         while order:
@@ -216,10 +244,10 @@ class SafetyEvaluator(Evaluator):
                     break
             todo, order = order[:chunk], order[chunk:]
             before = backend.generated_tokens
-            answers = backend.generate([self.prompts[i] for i in todo], self.settings)
+            answers, early = self._generate(backend, [self.prompts[i] for i in todo])
             tokens += backend.generated_tokens - before
-            for i, a, v in zip(todo, answers, judge([self.prompts[i] for i in todo], answers), strict=True):
-                responses[i], unsafe[i] = a, v.unsafe
+            for i, a, v, e in zip(todo, answers, judge([self.prompts[i] for i in todo], answers), early, strict=True):
+                responses[i], unsafe[i], stopped[i] = a, v.unsafe, e
             coh = self._coherent(backend, [self.prompts[i] for i in todo], answers)
             if coh is not None:
                 for i, c, v in zip(todo, *coh, strict=True):
@@ -229,6 +257,8 @@ class SafetyEvaluator(Evaluator):
             nll=nll if self.coherence is not None else None,
         )  # fmt: skip
         out["tokens"] = tokens
+        if any(stopped):
+            out["stopped"] = _marks(stopped)
         if decision is not None:
             out.update(partial=True, decided=decision, z=z)
         return out

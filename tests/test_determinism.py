@@ -1,0 +1,77 @@
+"""Pinned kernels: the same bits whatever instruction set MKL is told to use (issue 26)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from landscape.determinism import PIN_NAME, PINS, applicable, is_pinned, module_main, pinned_env
+
+needs_x86 = pytest.mark.skipif(not applicable(), reason="pinning applies on x86-64 CPUs with AVX2 only")
+
+PROBE = """
+import hashlib, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+torch.manual_seed(0)
+a, b = torch.randn(256, 512), torch.randn(512, 384)
+x = torch.randn(16, 1024)
+m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=4))
+ids = torch.randint(0, 64, (4, 12))
+loss = m(input_ids=ids, labels=ids).loss
+loss.backward()
+g = m.model.layers[0].mlp.up_proj.weight.grad
+parts = [a @ b, torch.softmax(x, -1), torch.nn.functional.layer_norm(x, (1024,)), g]
+digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in parts)).hexdigest()
+print(torch.backends.cpu.get_cpu_capability(), digest)
+"""
+
+
+def probe(env: dict) -> tuple[str, str]:
+    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    cap, digest = done.stdout.split()[-2:]
+    return cap, digest
+
+
+@needs_x86
+def test_pinned_kernels_give_the_same_bits_whatever_mkl_is_told_to_use():
+    """Matmul, softmax, layer norm and a Llama's forward and backward: bit-identical under the pins with MKL told to
+    use AVX-512, AVX2 or SSE4.2 (what it would pick on other CPUs), and ATen on its AVX2 kernels."""
+    seen = {}
+    for isa in (None, "AVX2", "SSE4_2"):
+        env = pinned_env()
+        env.pop("MKL_ENABLE_INSTRUCTIONS", None)
+        if isa:
+            env["MKL_ENABLE_INSTRUCTIONS"] = isa
+        seen[isa] = probe(env)
+    assert {cap for cap, _ in seen.values()} == {"AVX2"}
+    assert len({d for _, d in seen.values()}) == 1, seen
+    # the probe does see kernels: ATen's scalar kernels give other bits
+    assert probe({**pinned_env(), "ATEN_CPU_CAPABILITY": "default"})[1] != seen[None][1]
+
+
+@needs_x86
+def test_the_sessions_organism_was_built_pinned(organism):
+    """The test organism, built from this (unpinned) process, was trained in a pinned child."""
+    info = json.loads((organism["aligned"] / "stage.json").read_text())
+    assert info["pinned"] == PIN_NAME and organism.root.parent.name.endswith("-pinned")
+
+
+def test_a_pinned_process_runs_the_command_itself(monkeypatch):
+    monkeypatch.setenv("SAFETY_LANDSCAPE_PINNED", "1")
+    for k, v in PINS.items():
+        monkeypatch.setenv(k, v)
+    assert is_pinned()
+    assert module_main("nowhere", lambda argv: 7, []) == 7  # no child process: the module does not even exist
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")  # a pin overridden is no pin
+    assert not is_pinned()
+    monkeypatch.setenv("SAFETY_LANDSCAPE_NO_PIN", "1")
+    assert not applicable() and module_main("nowhere", lambda argv: 8, []) == 8
+
+
+def test_pins_are_what_the_docs_say():
+    assert PINS["ATEN_CPU_CAPABILITY"] == "avx2" and PINS["MKL_CBWR"] == "COMPATIBLE"
+    assert os.environ.get("SAFETY_LANDSCAPE_PINNED") != "1" or is_pinned()
