@@ -10,15 +10,7 @@ API; each lives in the module named beside it, which holds the rest:
 - ``visage`` (metrics)
 """
 
-import os as _os
-
-# Idle OpenMP threads sleep instead of spinning (unless the caller chose a policy): beside a competing job of the
-# same size, spinning threads fight over the cores (an EPL search took 4.3x its idle time with OMP_WAIT_POLICY
-# ACTIVE, 2.5x with libgomp's default, 0.9x with PASSIVE; benchmarks/bench_load.py). Read when torch loads its
-# OpenMP runtime, so it acts where this package is imported before torch (every command of the toolkit).
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from ._pkg import lazy_exports  # noqa: E402
+from ._pkg import lazy_exports
 
 _EXPORTS = {
     "Direction": ".directions",

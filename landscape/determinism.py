@@ -61,7 +61,11 @@ def pin_name() -> str | None:
 
 
 def pinned_env(base: dict | None = None) -> dict:
+    from ._pkg import OMP_MARK
+
     env = dict(os.environ if base is None else base)
+    if env.pop(OMP_MARK, None):  # the searches' sleeping threads, not the caller's choice: builds run without
+        env.pop("OMP_WAIT_POLICY", None)
     env.update(PINS)
     env[MARK] = "1"
     return env

@@ -15,6 +15,10 @@ rerun resumes) and ``epl.png``.
 
 from __future__ import annotations
 
+from ._pkg import sleep_idle_threads
+
+sleep_idle_threads()  # before torch loads OpenMP: a search beside another job takes its fair share of the cores
+
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -75,3 +75,20 @@ def test_a_pinned_process_runs_the_command_itself(monkeypatch):
 def test_pins_are_what_the_docs_say():
     assert PINS["ATEN_CPU_CAPABILITY"] == "avx2" and PINS["MKL_CBWR"] == "COMPATIBLE"
     assert os.environ.get("SAFETY_LANDSCAPE_PINNED") != "1" or is_pinned()
+
+
+def test_the_searches_let_idle_threads_sleep_unless_the_caller_chose():
+    """``landscape.epl`` sets OMP_WAIT_POLICY=PASSIVE before torch loads (a user's own policy stays); a pinned
+    organism build does not inherit the searches' policy, but does inherit a user's."""
+    code = (
+        "import os; import landscape.epl; from landscape.determinism import pinned_env; "
+        "print(os.environ['OMP_WAIT_POLICY'], pinned_env().get('OMP_WAIT_POLICY', 'unset'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "SAFETY_LANDSCAPE_SET_OMP_WAIT_POLICY")}
+    mine = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert mine.stdout.split() == ["PASSIVE", "unset"]
+    theirs = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    assert theirs.stdout.split() == ["ACTIVE", "ACTIVE"]

@@ -179,3 +179,34 @@ def test_every_command_takes_the_gguf_file(real, shipped, user_cache, tmp_path, 
     assert evaluate(["--model", str(shipped), "--harmful_prompts", str(real.eval_prompts_csv), "--judge", "refusal",
                      "--limit", "2", "--max_new_tokens", "4", "--out", str(report)]) == 0  # fmt: skip
     assert json.loads(report.read_text())["n_harmful"] == 2
+
+
+def test_early_stopped_answers_keep_every_verdict_on_real_weights(real, user_cache, tmp_path):
+    """The same EPL search on the real organism with answers in full and stopped early (refusal judge, coherence
+    on): at every point the same verdicts, ASR and coherent ASR; fewer tokens."""
+    from landscape.epl import main as epl
+
+    outs = {}
+    for flag in ("--no_early_stop", "--early_stop"):
+        out = outs[flag] = tmp_path / flag.strip("-")
+        args = ["--aligned", str(real["aligned"]), "--base", str(real["base"]), "--harmful", str(real["harmful-10"]),
+                "--random", "0", "--prompts", str(real.eval_prompts_csv), "--judge", "refusal", "--bootstrap", "0",
+                "--first_step", "0.02", "--tol", "0.02", "--max_alpha", "0.06", "--limit", "12",
+                "--max_new_tokens", "16", "--no_progress", "--out", str(out), flag]  # fmt: skip
+        assert epl(args) == 0
+    pts = {}
+    for flag, out in outs.items():
+        recs = [json.loads(ln) for ln in (out / "points.jsonl").read_text().splitlines() if ln.strip()]
+        pts[flag] = {(r["series"], tuple(r["coords"])): r["metrics"] for r in recs}
+    full, stop = pts["--no_early_stop"], pts["--early_stop"]
+    assert full.keys() == stop.keys()
+    for k, f in full.items():
+        if "unsafe" in f:
+            assert (stop[k]["unsafe"], stop[k]["asr"], stop[k].get("asr_coherent")) == (
+                f["unsafe"], f["asr"], f.get("asr_coherent")), k  # fmt: skip
+    res = {flag: json.loads((out / "results.json").read_text()) for flag, out in outs.items()}
+    assert [(r["epl"], r["censored"]) for r in res["--early_stop"]["rows"]] == [
+        (r["epl"], r["censored"]) for r in res["--no_early_stop"]["rows"]
+    ]
+    assert res["--early_stop"]["generated_tokens"] < res["--no_early_stop"]["generated_tokens"]
+    assert any("stopped" in m for m in stop.values())

@@ -16,6 +16,10 @@ Directions: saved direction directories, or, on the organism (no ``--aligned``),
 
 from __future__ import annotations
 
+from .._pkg import sleep_idle_threads
+
+sleep_idle_threads()  # before torch loads OpenMP: a search beside another job takes its fair share of the cores
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
