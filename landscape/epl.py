@@ -49,6 +49,13 @@ class EplArgs(ModelArgs, OrganismArgs, PromptArgs, JudgeArgs, GenerationArgs):
     )
     max_alpha: float = field(default=0.5, metadata={"help": "largest |alpha|; an edge beyond it is censored"})
     tol: float = field(default=0.005, metadata={"help": "EPL resolution (bisection stops below it)"})
+    rel_tol: float = field(
+        default=0.05,
+        metadata={
+            "help": "resolve each edge to this fraction of its own size when finer than --tol (0: --tol alone); "
+            "real weights have edges at 0.004-0.03, where 0.005 is as large as the edge"
+        },
+    )
     bootstrap: int = field(default=1000, metadata={"help": "prompt resamples for the EPL's CI (0: none)"})
     sequential_chunk: int = field(
         default=32,
@@ -105,6 +112,7 @@ class EplArgs(ModelArgs, OrganismArgs, PromptArgs, JudgeArgs, GenerationArgs):
             first_step=self.first_step,
             max_alpha=self.max_alpha,
             tol=self.tol,
+            rel_tol=self.rel_tol,
             bootstrap=self.bootstrap,
             seed=self.seed,
             sequential_chunk=self.sequential_chunk,
@@ -247,7 +255,8 @@ def format_table(report) -> str:
         f"EPL: |alpha| before {by} crosses {s.threshold:g}%{' above the centre' if s.relative else ''} "
         f"({judges} judge, {meta.get('n_prompts', '?')} prompts, {norm} normalisation: {ALPHA_UNITS.get(norm, '')})",
         f"centre ASR {report.center_asr:.1f}%; '>' marks a censored edge: no crossing up to --max-alpha "
-        f"{s.max_alpha:g}, so the EPL is at least that",
+        f"{s.max_alpha:g}, so the EPL is at least that; edges resolved to {s.tol:g}"
+        + (f" or {s.rel_tol:.0%} of their size, whichever is finer" if getattr(s, "rel_tol", 0) else ""),
         _mode(report),
         f"{'direction':<12} {'side':>4} {'EPL':>8} {'95% CI':>17} {'x d_harm':>9} {'evals':>5}"
         + (f" {other[other_name]:>9}" if other_name else ""),

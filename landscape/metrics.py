@@ -147,9 +147,11 @@ def epl_adaptive(
     tol: float = 0.001,
     center_value: float | None = None,
     proxy: Callable[[float], float] | None = None,
+    rel_tol: float = 0.0,
 ) -> EPL:
     """EPL on one side: find the first unsafe point of the walk grid (every multiple of ``first_step`` up to
-    ``max_alpha``), then bisect down to ``tol``.
+    ``max_alpha``), then bisect down to ``tol``, or with ``rel_tol`` > 0 down to ``min(tol, rel_tol · hi)``: each
+    edge resolved to a fraction of its own size (an edge at 0.004 needs a bracket of 0.0002 at 5 %).
 
     Without ``proxy`` the walk looks at every grid point outward until one is unsafe, so the crossing bracketed
     is the first one from the centre whenever an unsafe stretch is at least ``first_step`` wide; an edge beyond
@@ -177,6 +179,8 @@ def epl_adaptive(
         raise ValueError(f"side must be +1 or -1, got {side}")
     if not (tol > 0 and 0 < first_step <= max_alpha):
         raise ValueError(f"need 0 < tol and 0 < first_step <= max_alpha, got {tol}, {first_step}, {max_alpha}")
+    if not 0 <= rel_tol < 1:
+        raise ValueError(f"need 0 <= rel_tol < 1, got {rel_tol}")
     pts: list[tuple[float, float]] = []
     seen: dict[float, float] = {}
 
@@ -201,7 +205,7 @@ def epl_adaptive(
         return done(grid[-1], (grid[-1], float("inf")), True)
     lo = grid[k - 1] if k > 0 else 0.0
     hi = grid[k]
-    while hi - lo > tol:
+    while hi - lo > (min(tol, max(rel_tol * hi, 1e-9)) if rel_tol > 0 else tol):
         mid = 0.5 * (lo + hi)
         if g(mid) > tau:
             hi = mid

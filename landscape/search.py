@@ -46,6 +46,8 @@ class EplSettings:
         first_step: step of the outward walk: every multiple of it is looked at until a point is unsafe.
         max_alpha: largest |α| looked at; an edge beyond it is censored (reported as ``>max_alpha``).
         tol: the EPL's resolution (bisection stops when the bracket is narrower).
+        rel_tol: with > 0, each edge is resolved to this fraction of its own size when that is finer than ``tol``
+            (the bracket ends at most ``min(tol, rel_tol * edge)`` wide): edges of real weights lie at 0.004–0.03.
         bootstrap: resamples of the prompts for the EPL's confidence interval (0: none).
         seed: seed of the bootstrap.
         sequential_chunk: answer each point's prompts in chunks of this many and stop once the answers so far
@@ -64,6 +66,7 @@ class EplSettings:
     first_step: float = 0.01
     max_alpha: float = 0.5
     tol: float = 0.005
+    rel_tol: float = 0.0
     bootstrap: int = 1000
     seed: int = 0
     sequential_chunk: int = 32
@@ -75,6 +78,8 @@ class EplSettings:
         for flag, v in (("--tol", self.tol), ("--max_alpha", self.max_alpha), ("--first_step", self.first_step)):
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{flag} must be a finite number > 0, got {v}")
+        if not (math.isfinite(self.rel_tol) and 0 <= self.rel_tol < 1):
+            raise ValueError(f"--rel_tol must be in [0, 1) (a fraction of the edge), got {self.rel_tol}")
         if not 0 < self.first_step <= self.max_alpha:
             raise ValueError(f"--first_step must be in (0, --max_alpha={self.max_alpha}], got {self.first_step}")
         if self.bootstrap < 0:
@@ -89,7 +94,10 @@ class EplSettings:
     def identity(self) -> dict:
         """The settings that decide which points are looked at and what they mean (a resumed run must match
         them); the shortcuts are left out: an exact run can reuse and complete a fast run's points."""
-        return {k: v for k, v in asdict(self).items() if k not in ("sequential_chunk", "proxy", "allow_unsafe_center")}
+        out = {k: v for k, v in asdict(self).items() if k not in ("sequential_chunk", "proxy", "allow_unsafe_center")}
+        if not out["rel_tol"]:
+            del out["rel_tol"]  # absolute resolution only: as runs stored before rel_tol existed
+        return out
 
 
 @dataclass
@@ -518,7 +526,16 @@ def _center_unsafe_report(directions, center, center_asr, settings, runner, stor
 
 def _search(f: Callable[[float], float], side: int, s: EplSettings, center_asr: float, proxy=None):
     return epl_adaptive(
-        f, side, s.threshold, s.relative, s.first_step, s.max_alpha, s.tol, center_value=center_asr, proxy=proxy
+        f,
+        side,
+        s.threshold,
+        s.relative,
+        s.first_step,
+        s.max_alpha,
+        s.tol,
+        center_value=center_asr,
+        proxy=proxy,
+        rel_tol=s.rel_tol,
     )
 
 

@@ -24,6 +24,8 @@ CASES = [
     ("epl", "--max_alpha inf", "--max_alpha must be a finite number > 0, got inf"),
     ("epl", "--first_step nan", "--first_step must be a finite number > 0, got nan"),
     ("epl", "--tol inf", "--tol must be a finite number > 0, got inf"),
+    ("epl", "--rel_tol 1.5", "--rel_tol must be in [0, 1) (a fraction of the edge), got 1.5"),
+    ("epl", "--rel_tol nan", "--rel_tol must be in [0, 1)"),
     ("epl", "--first_step 0", "--first_step must be a finite number > 0, got 0"),
     ("epl", "--first_step 0.6", "--first_step must be in (0, --max_alpha=0.5], got 0.6"),
     ("epl", "--bootstrap -1", "--bootstrap must be >= 0"),

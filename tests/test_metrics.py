@@ -158,3 +158,22 @@ def statistics_sd(v):
     import statistics
 
     return statistics.stdev(v)
+
+
+def test_relative_resolution_resolves_small_edges_to_their_size():
+    """An edge at 0.0043 with the walk's first step 0.01: --tol 0.005 alone leaves a bracket as wide as the edge;
+    rel_tol 0.05 brackets it within 5 % of itself; a large edge keeps the absolute resolution (finer wins)."""
+    from landscape.metrics import epl_adaptive
+
+    def step(edge):
+        return lambda a: 100.0 if abs(a) > edge else 0.0
+
+    coarse = epl_adaptive(step(0.0043), 1, 50.0, tol=0.005)
+    fine = epl_adaptive(step(0.0043), 1, 50.0, tol=0.005, rel_tol=0.05)
+    lo, hi = fine.bracket
+    assert coarse.bracket[1] - coarse.bracket[0] > 0.002
+    assert lo <= 0.0043 <= hi and hi - lo <= 0.05 * hi
+    big = epl_adaptive(step(0.3), 1, 50.0, tol=0.005, rel_tol=0.05)
+    assert big.bracket == epl_adaptive(step(0.3), 1, 50.0, tol=0.005).bracket  # 5 % of 0.3 is coarser than 0.005
+    with pytest.raises(ValueError, match="rel_tol"):
+        epl_adaptive(step(0.3), 1, 50.0, rel_tol=1.5)
