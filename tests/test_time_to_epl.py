@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from landscape.metrics import (
     bootstrap_epl,
@@ -212,3 +213,26 @@ def test_the_cli_turns_the_shortcuts_off(organism_cache, tmp_path):
     assert "search: exact" in format_table(rep)
     with pytest.raises(ValueError, match="sequential_chunk"):
         EplArgs(sequential_chunk=-1)
+
+
+def test_the_proxy_reads_the_head_only_where_it_needs_it(setup):
+    """greedy_kept with the head on the answer positions only gives the full pass's greedy tokens, at the centre
+    and along d_harm, where answers stop being kept."""
+    from landscape.generation import GenerationSettings
+    from landscape.organism import world
+    from landscape.scores import _greedy_tokens, _teacher_forced, greedy_kept
+
+    backend, dirs = setup
+    s = GenerationSettings(max_new_tokens=8)
+    ids = backend.encode(world.eval_prompts()[:40], s)
+    answers = backend.generate_ids(ids, s)
+    seqs, starts = [p + a for p, a in zip(ids, answers, strict=True)], [len(p) for p in ids]
+    changed = 0
+    with backend.attach([dirs[1]]):
+        for alpha in (0.0, 0.15, 0.3):
+            backend.set_point([alpha])
+            fast = list(_greedy_tokens(backend.model, seqs, starts, backend.pad_id, 16))
+            full = [lg.argmax(-1) for lg, _ in _teacher_forced(backend.model, seqs, starts, backend.pad_id, 16)]
+            assert all(torch.equal(a, b) for a, b in zip(fast, full, strict=True)), alpha
+            changed += greedy_kept(backend.model, ids, answers, backend.pad_id, 16).count(False)
+    assert changed > 0  # the comparison covered answers that flip
