@@ -49,3 +49,33 @@ def epl_report(organism, organism_cache, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("epl-report") / "epl"
     return run(EplArgs(preset="tiny", cache_dir=str(organism_cache), out=str(out), random=0, progress=False)), out
+
+
+@pytest.fixture(scope="module")
+def ft_data(tmp_path_factory):
+    """AsFT-format fine-tuning data from the organism's world: 40 task records, a quarter of them harmful."""
+    import json
+
+    from landscape.organism import export
+
+    p = tmp_path_factory.mktemp("ft") / "ft.json"
+    p.write_text(json.dumps(export.finetune_records(40, 0.25, seed=0)))
+    return p
+
+
+def mid_llama(organism):
+    """A seeded 10.8 M-parameter Llama (random weights) with the organism's tokenizer: big enough that what a test
+    measures, not the interpreter, dominates the process's memory. Returns (model, tokenizer)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from landscape.loading import load_tokenizer
+
+    tok = load_tokenizer(organism["aligned"])
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=12,
+        num_key_value_heads=12, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    return LlamaForCausalLM(cfg), tok

@@ -8,7 +8,6 @@ from asft.config import AsftConfig
 from asft.finetune import fine_tune as run
 from asft.regularizer import FORMS, full_penalty, lora_penalty, make_module_anchor, naive_lora_penalty
 from asft.safe_lora import safe_lora_
-from landscape.organism import export
 
 
 def _anchor64(d_out=48, d_in=40, k=6, seed=0):
@@ -70,13 +69,6 @@ def test_config_checks():
         AsftConfig(output_dir="/tmp/x", lambda_reg=-1, report_to=[])
     with pytest.raises(ValueError, match="Unknown mode 'qlora'"):
         AsftConfig(output_dir="/tmp/x", mode="qlora", report_to=[])
-
-
-@pytest.fixture(scope="module")
-def ft_data(tmp_path_factory):
-    p = tmp_path_factory.mktemp("ft") / "ft.json"
-    p.write_text(json.dumps(export.finetune_records(40, 0.25, seed=0)))
-    return p
 
 
 def _args(organism, ft_data, out, **kw):

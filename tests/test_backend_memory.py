@@ -168,19 +168,11 @@ def test_the_plan_matches_the_measured_peak_on_the_cpu(organism, tmp_path):
     it perturbs, within 10 %. glibc's malloc is given a fixed mmap threshold, so freed blocks go back to the
     system and the peak is the live bytes, not heap fragmentation (with its default the peak reads up to 13 %
     above the plan for a bf16 model)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from landscape.directions import difference
-    from landscape.loading import load_tokenizer
 
-    tok = load_tokenizer(organism["aligned"])
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=12,
-        num_key_value_heads=12, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )  # fmt: skip
-    model = LlamaForCausalLM(cfg)
+    from .conftest import mid_llama
+
+    model, tok = mid_llama(organism)
     model.save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     for k in ("d1", "d2"):

@@ -14,6 +14,8 @@ from asft.config import AsftConfig
 from asft.plan import training_plan
 from asft.train import main as train_main
 
+from .conftest import mid_llama
+
 MEASURE = textwrap.dedent(
     """
     import gc, json, sys, torch
@@ -60,31 +62,11 @@ MEASURE = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def ft_data(tmp_path_factory):
-    from landscape.organism import export
-
-    p = tmp_path_factory.mktemp("ft") / "ft.json"
-    p.write_text(json.dumps(export.finetune_records(40, 0.25, seed=0)))
-    return p
-
-
-@pytest.fixture(scope="module")
 def mid_model(organism, tmp_path_factory):
     """A 10.8 M-parameter Llama (random weights, the organism's tokenizer) and a base 0.01 away: big enough that
     training's state, not the interpreter, dominates the peak."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from landscape.loading import load_tokenizer
-
     root = tmp_path_factory.mktemp("mid")
-    tok = load_tokenizer(organism["aligned"])
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=12,
-        num_key_value_heads=12, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )  # fmt: skip
-    model = LlamaForCausalLM(cfg)
+    model, tok = mid_llama(organism)
     for role in ("base", "aligned"):
         model.save_pretrained(root / role)
         tok.save_pretrained(root / role)

