@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
                     ours = decode_loop(model, ids, backend.pad_id, eos_ids, gen.max_new_tokens)  # the candidate
                     t_loop = time.perf_counter() - t0
                     t0 = time.perf_counter()
-                    theirs = backend._generate_batch(ids, gen)  # the backend: generate with the check
+                    theirs, _ = backend._generate_batch(ids, gen)  # the backend: generate with the check
                     t_gen = time.perf_counter() - t0
                     t0 = time.perf_counter()
                     with torch.inference_mode():  # model.generate with nothing of ours

@@ -12,8 +12,9 @@ same seed then trains a different organism on another kind of CPU. A *pinned* pr
 - 2 OpenMP / MKL threads: the reductions' split.
 
 The variables act when the libraries start, so a pinned run is a process of its own: :func:`run_pinned` starts one.
-Organism builds (:func:`landscape.organism.build_organism`) and ``python -m landscape.figures`` run pinned; an EPL
-search or a scan of a user's model does not (they record the kind of CPU instead, and run at full speed).
+``python -m landscape.figures`` runs pinned, and so do the organism builds it makes; other organism builds are
+pinned on request (``SAFETY_LANDSCAPE_PIN=1``: :func:`builds_pinned`); an EPL search or a scan of a user's model
+is not (they record the kind of CPU instead, and run at full speed).
 Measured on an AMD EPYC (AVX-512) with 2 cores: tiny organism checkpoints bit-identical whatever MKL was told
 to use (``MKL_ENABLE_INSTRUCTIONS`` AVX-512, AVX2, SSE4.2) under the pins (``benchmarks/RESULTS.md``).
 On a CPU without AVX2, or not x86-64, pinning does not apply: results are then those of that machine.
@@ -71,9 +72,19 @@ def pinned_env(base: dict | None = None) -> dict:
     return env
 
 
+ON = "SAFETY_LANDSCAPE_PIN"  # set to 1: organism builds from an unpinned process run in a pinned child
+
+
 def needs_pinning() -> bool:
     """Whether work that must reproduce across CPUs should move to a pinned process."""
     return applicable() and not is_pinned()
+
+
+def builds_pinned() -> bool:
+    """Whether organism builds here are pinned: in a pinned process, or asked for with ``$SAFETY_LANDSCAPE_PIN=1``
+    (then in a pinned child). Off otherwise: the pinned draw of the tiny organism misses its own quality bars (its
+    aligned stage's task accuracy 84.5 % against the tests' 90 %), so the test suite's organisms stay unpinned."""
+    return is_pinned() or (applicable() and os.environ.get(ON) == "1")
 
 
 def run_pinned(args: list[str]) -> int:

@@ -1,13 +1,12 @@
 """Pinned kernels: the same bits whatever instruction set MKL is told to use (issue 26)."""
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from landscape.determinism import PIN_NAME, PINS, applicable, is_pinned, module_main, pinned_env
+from landscape.determinism import PINS, applicable, is_pinned, module_main, pinned_env
 
 needs_x86 = pytest.mark.skipif(not applicable(), reason="pinning applies on x86-64 CPUs with AVX2 only")
 
@@ -53,11 +52,22 @@ def test_pinned_kernels_give_the_same_bits_whatever_mkl_is_told_to_use():
     assert probe({**pinned_env(), "ATEN_CPU_CAPABILITY": "default"})[1] != seen[None][1]
 
 
-@needs_x86
-def test_the_sessions_organism_was_built_pinned(organism):
-    """The test organism, built from this (unpinned) process, was trained in a pinned child."""
-    info = json.loads((organism["aligned"] / "stage.json").read_text())
-    assert info["pinned"] == PIN_NAME and organism.root.parent.name.endswith("-pinned")
+def test_pinned_and_unpinned_organisms_live_apart(monkeypatch, tmp_path):
+    """A pinned build (inside a pinned process, or asked for with SAFETY_LANDSCAPE_PIN=1) goes to its own cache
+    directory, so an unpinned organism is never taken for a pinned one; unasked, builds stay unpinned."""
+    from landscape.organism.build import organism_dir
+
+    for k in ("SAFETY_LANDSCAPE_PIN", "SAFETY_LANDSCAPE_PINNED", "SAFETY_LANDSCAPE_NO_PIN"):
+        monkeypatch.delenv(k, raising=False)
+    plain = organism_dir("tiny", 0, tmp_path)
+    assert plain.parent.name == "organism-v3"
+    monkeypatch.setenv("SAFETY_LANDSCAPE_PIN", "1")
+    asked = organism_dir("tiny", 0, tmp_path)
+    assert asked.parent.name == ("organism-v3-pinned" if applicable() else "organism-v3")
+    monkeypatch.delenv("SAFETY_LANDSCAPE_PIN")
+    for k, v in pinned_env({}).items():
+        monkeypatch.setenv(k, v)
+    assert organism_dir("tiny", 0, tmp_path).parent.name == "organism-v3-pinned"
 
 
 def test_a_pinned_process_runs_the_command_itself(monkeypatch):

@@ -50,11 +50,11 @@ def organism_dir(preset: str, seed: int, cache_dir: str | Path | None = None) ->
     from .real import REAL_PRESETS, REAL_VERSION
 
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    from ..determinism import applicable
+    from ..determinism import builds_pinned
 
     version = f"organism-real-v{REAL_VERSION}" if preset in REAL_PRESETS else f"organism-v{ORGANISM_VERSION}"
     # built with pinned kernels (the same on any x86-64 CPU with AVX2) or by this kind of CPU: never mixed up
-    return root / (version + ("-pinned" if applicable() else "")) / f"{preset}-seed{seed}"
+    return root / (version + ("-pinned" if builds_pinned() else "")) / f"{preset}-seed{seed}"
 
 
 def _missing(preset: str, seed: int, root: Path, stages: list[str] | None) -> bool:
@@ -105,8 +105,9 @@ def build_organism(
         preset: "tiny" (tests, about 60 s with its judges on 2 cores), "small" (default, 2 to 4 min), "medium", or
             a real-weights organism built from SmolLM2-135M-Instruct: "smollm2" or "smollm2-tiny" (tests; see
             :mod:`landscape.organism.real`).
-        seed: training seed; same seed, bit-identical checkpoints on any x86-64 CPU with AVX2 (the build runs in
-            a process with pinned kernels, :mod:`landscape.determinism`; elsewhere: on the same kind of CPU).
+        seed: training seed; same seed, bit-identical checkpoints on the same kind of CPU and thread count, and on
+            any x86-64 CPU with AVX2 when the build is pinned (:func:`landscape.determinism.builds_pinned`: inside
+            ``python -m landscape.figures``, or with ``SAFETY_LANDSCAPE_PIN=1``).
         cache_dir: cache root; default :func:`default_cache_dir`.
         stages: build only these stages (and the stages they start from); default all.
         progress: show tqdm bars while training.
@@ -116,13 +117,13 @@ def build_organism(
     """
     from transformers import LlamaForCausalLM
 
-    from ..determinism import needs_pinning, pin_name
+    from ..determinism import builds_pinned, is_pinned, pin_name
     from .real import REAL_PRESETS
 
     if preset not in REAL_PRESETS:
         get_preset(preset)  # an unknown preset is an error here, not in a child process
     root = organism_dir(preset, seed, cache_dir)
-    if needs_pinning() and _missing(preset, seed, root, stages):
+    if builds_pinned() and not is_pinned() and _missing(preset, seed, root, stages):
         _build_pinned(preset, seed, cache_dir, stages, progress)
     if preset in REAL_PRESETS:
         from .real import build_real_organism
