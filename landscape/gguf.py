@@ -54,11 +54,23 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def read_header(path: Path):
+    """The GGUF file's reader (header, metadata and tensor table), or a ValueError naming the file when it is
+    truncated or not GGUF at all: transformers' own reader would stop with a bare ``struct.error``."""
+    import gguf
+
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as e:  # the reader raises struct.error, ValueError, IndexError, ... on damaged files
+        size = path.stat().st_size
+        raise ValueError(f"{path}: not a readable GGUF file ({size} bytes; truncated or damaged?): {e}") from None
+
+
 def quantization(path: Path) -> dict:
     """The GGUF file's declared file type and its tensors' quantisation types (counts)."""
     import gguf
 
-    reader = gguf.GGUFReader(str(path))
+    reader = read_header(path)
     counts: dict[str, int] = {}
     for t in reader.tensors:
         name = gguf.GGMLQuantizationType(t.tensor_type).name
@@ -96,6 +108,7 @@ def convert_gguf(
     if src is None:
         raise ValueError(f"{path} is not a GGUF checkpoint (a .gguf file, or a directory holding one)")
     _require_gguf()
+    quant = quantization(src)  # reads the header first: a damaged file is an error naming it, before any load
     digest = file_sha256(src)
     where = Path(cache) if cache is not None else default_gguf_cache()
     target = Path(out) if out is not None else where / f"{src.stem}-{digest[:16]}"
@@ -129,7 +142,7 @@ def convert_gguf(
         "format": "gguf",
         "source": str(src.resolve()),
         "sha256": digest,
-        **quantization(src),
+        **quant,
         "dequantized_to": "float32",
     }
     target.parent.mkdir(parents=True, exist_ok=True)

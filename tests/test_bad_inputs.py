@@ -6,6 +6,7 @@ not exist afterwards.
 """
 
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -177,6 +178,12 @@ CASES = [
     ("evaluate", "--model {bad}/none --harmful_prompts {bad}/ok.csv", "Model path '{bad}/none' does not exist"),
     ("evaluate", "--model {org}/aligned --harmful_prompts {bad}/ok.csv --limit 0", "--limit must be >= 1"),
     ("evaluate", "--model {org}/aligned --harmful_prompts {bad}/open.csv", "malformed CSV"),
+    # --- GGUF files that are not whole (need the gguf package: skipped without it)
+    ("gguf", "--gguf {bad}/trunc.gguf --out {out}", "trunc.gguf: not a readable GGUF file (8 bytes"),
+    ("gguf", "--gguf {bad}/junk.gguf --out {out}", "junk.gguf: not a readable GGUF file (100 bytes"),
+    ("epl", "--aligned {bad}/trunc.gguf --prompts {bad}/ok.csv", "trunc.gguf: not a readable GGUF file"),
+    ("directions", "compute --start {bad}/junk.gguf --end {org}/aligned --out {out}", "not a readable GGUF"),
+    ("evaluate", "--model {bad}/trunc.gguf --harmful_prompts {bad}/ok.csv", "not a readable GGUF file"),
 ]
 MODULES = {
     "epl": "landscape.epl",
@@ -186,6 +193,7 @@ MODULES = {
     "figures": "landscape.figures",
     "train": "asft.train",
     "evaluate": "asft.evaluate",
+    "gguf": "landscape.gguf",
 }
 
 
@@ -208,6 +216,8 @@ def bad(tmp_path_factory, organism):
     (d / "bad.jsonl").write_text('{"goal": "a"}\n{goal: b}\n')
     (d / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     (d / "sft.json").write_text(json.dumps([{"instruction": "x", "input": "y", "output": "z"}] * 4))
+    (d / "trunc.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")  # the magic and a version, then nothing
+    (d / "junk.gguf").write_bytes(bytes(range(100)))
     (d / "noconfig").mkdir()
     (d / "badconfig").mkdir()
     (d / "badconfig" / "config.json").write_text("{not json")
@@ -278,6 +288,8 @@ def _wide_checkpoint(organism, path):
 def test_bad_input_is_one_error_line_exit_2_and_nothing_written(
     cli, args, expected, bad, organism, organism_cache, tmp_path, capsys
 ):
+    if ".gguf" in args and importlib.util.find_spec("gguf") is None:
+        pytest.skip("GGUF cases need the gguf package: pip install gguf")
     fill = {"org": str(organism.root), "bad": str(bad), "cache": str(organism_cache), "out": str(tmp_path / "out")}
     argv = [a.format(**fill) for a in args.split()]
     if cli in ("epl",) and "--out" not in argv:

@@ -16,8 +16,13 @@ def test_cli_on_the_organism_defaults(organism_cache, tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     rows = {(r["direction"], r["side"]): r for r in res["rows"]}
     harm = rows[("d_harm", 1)]
-    assert not harm["censored"] and 0 < harm["epl"] < 0.2 and harm["ci"][0] <= harm["epl"] <= harm["ci"][1]
-    assert rows[("d_aligned", -1)]["epl"] > harm["epl"]  # the narrow side is d_harm's
+    assert not harm["censored"] and harm["epl"] > 0 and harm["ci"][0] <= harm["epl"] <= harm["ci"][1]
+    # The claim the table exists for, against its own controls rather than a draw-specific number: d_harm's
+    # edge is the nearest one, and the random controls show no edge within --max-alpha (0.2052 on an AVX-512
+    # CPU's unpinned tiny draw, under 0.2 on an AVX2 one).
+    others = [r for key, r in rows.items() if key != ("d_harm", 1)]
+    assert all(r["epl"] > harm["epl"] for r in others)
+    assert all(r["censored"] for (name, _), r in rows.items() if name.startswith("random-"))
     assert res["judge_calls"]["hits"] > 0 and res["extra_curves"]["oracle"]
     assert (out / "epl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     n_points = len((out / POINTS_FILE).read_text().splitlines())
