@@ -134,6 +134,18 @@ class AsftConfig(TrainingArguments):
         },
     )
     safelora_number: int = field(default=1, metadata={"help": "Safe LoRA number mode: modules to project"})
+    trajectory_steps: int = field(
+        default=10,
+        metadata={
+            "help": "every N steps record the update's cosine with d_aligned (needs --base), its share in "
+            "d_aligned's top-k subspace against a random null, and its coordinates on --trajectory_plane "
+            "(trajectory.json beside the model; 0: off)"
+        },
+    )
+    trajectory_plane: list[str] | None = field(
+        default=None,
+        metadata={"help": "two saved directions (a 2-D map's): the trajectory's coordinates in their plane"},
+    )
     plan: bool = field(
         default=False,
         metadata={
@@ -175,6 +187,10 @@ class AsftConfig(TrainingArguments):
             raise ValueError(f"--p must be in [0, 1], got {self.p} (the poison fraction)")
         if self.n is not None and self.n < 0:
             raise ValueError(f"--n must be >= 0, got {self.n}")
+        if self.trajectory_steps < 0:
+            raise ValueError(f"--trajectory_steps must be >= 0 (0: off), got {self.trajectory_steps}")
+        if self.trajectory_plane is not None and len(self.trajectory_plane) != 2:
+            raise ValueError(f"--trajectory_plane takes two saved directions, got {len(self.trajectory_plane)}")
         if self.anchor_min_ratio <= 0:
             raise ValueError(f"--anchor_min_ratio must be > 0, got {self.anchor_min_ratio}")
 

@@ -2,7 +2,8 @@
 
 :func:`fine_tune` checks everything first (config, data, model, anchor and its verification), then trains
 and writes into ``output_dir``: the fine-tuned model (merged, loadable with ``from_pretrained``), the LoRA
-adapter, the anchor's verification (``anchor_verification.json``) and the training log (``train_log.json``).
+adapter, the anchor's verification (``anchor_verification.json``), the training log (``train_log.json``) and
+the update's trajectory (``trajectory.json``, :mod:`asft.trajectory`).
 ``python -m asft.train`` is this function behind a command line.
 """
 
@@ -143,6 +144,12 @@ def fine_tune(cfg: AsftConfig) -> TrainResult:
         train_dataset=SFTDataset(tok, records),
         data_collator=collate(tok.pad_token_id),
     )
+    traj = None
+    if cfg.trajectory_steps:
+        from .trajectory import Trajectory, callback
+
+        traj = Trajectory(cfg.aligned, base=cfg.base, plane=cfg.trajectory_plane or ())
+        trainer.add_callback(callback(trainer, traj, cfg.trajectory_steps))
     trainer.train()
     safelora = None
     if cfg.method == "safelora":
@@ -165,6 +172,8 @@ def fine_tune(cfg: AsftConfig) -> TrainResult:
     final.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     _write_card(model_dir, cfg, anchor)
+    if traj is not None:
+        traj.save(out)
     for f in model_dir.iterdir():
         f.chmod(0o644)
     verification = anchor.verification if anchor is not None else None

@@ -4,11 +4,13 @@
     python benchmarks/bench_time_to_epl_real.py --preset smollm2 --prompts 80
 
 (a) The EPL table (d_aligned, d_harm, random-0, random-1, both sides; keyword judge; walk step 0.01 on
-    [-0.5, 0.5]; every edge resolved to min(0.005, 5 % of its size), the CLI's default) in three modes, each in
+    [-0.5, 0.5]; every edge resolved to min(0.005, 5 % of its size), the CLI's default) in four modes, each in
     a fresh results directory, at the same resolution:
-      exact          every prompt at every point, every answer to --max-new-tokens;
-      shortcuts      sequential decisions and the refusal proxy (the CLI's default before early stopping);
-      new default    and each answer stops once its keyword verdict is fixed (the CLI's default now).
+      exact            every prompt at every point, every answer to --max-new-tokens;
+      shortcuts        sequential decisions and the refusal proxy (the CLI's default before early stopping);
+      early+proxy      and each answer stops once its keyword verdict is fixed;
+      new default      early stopping, and the proxy only where a reading timed at the centre costs under half a
+                       sequential look (``proxy_by_cost``: the CLI's default now).
     ``same_epl``: every row agrees with the exact engine's within the larger of the two brackets, and on censoring.
 (b) Peng et al.'s loop (``bench_landscape.peng_point``: a CPU fp32 state dict perturbed and ``load_state_dict`` at
     every point, batches of 4 through a DataLoader, HF ``generate``) against ours (in place, one batch, full answers)
@@ -30,6 +32,7 @@ import math
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -98,7 +101,12 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     gen = GenerationSettings(max_new_tokens=ns.max_new_tokens)
     fast = EplSettings(bootstrap=0, rel_tol=ns.rel_tol)
-    modes = {"exact": (fast.exact(), False), "shortcuts": (fast, False), "new default": (fast, True)}
+    modes = {
+        "exact": (fast.exact(), False),
+        "shortcuts": (fast, False),
+        "early+proxy": (fast, True),
+        "new default": (replace(fast, proxy_by_cost=True), True),
+    }
 
     # (a) the table, mode by mode
     table = {}
@@ -115,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "generated_tokens": rep.generated_tokens,
                 "generated_points": sum(r.evaluations for r in rep.rows),
                 "proxy_points": sum(r.proxy_evaluations for r in rep.rows),
+                "proxy_choice": rep.proxy_choice,
                 "rows": [
                     {
                         "direction": r.direction,
@@ -225,10 +234,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     env = report["environment"]
     print(f"organism {ns.preset}, {len(prompts)} prompts, {ns.max_new_tokens} new tokens, {env['threads']} threads")
-    print(f"{'mode':<12} {'seconds':>8} {'tokens':>8} {'gen pts':>7} {'proxy pts':>9} {'EPL = exact':>11}")
+    print(f"{'mode':<16} {'seconds':>8} {'tokens':>8} {'gen pts':>7} {'proxy pts':>9} {'EPL = exact':>11}")
     for m, t in table.items():
         print(
-            f"{m:<12} {t['seconds']:8.1f} {t['generated_tokens']:>8} {t['generated_points']:>7} "
+            f"{m:<16} {t['seconds']:8.1f} {t['generated_tokens']:>8} {t['generated_points']:>7} "
             f"{t['proxy_points']:>9} {str(t['agrees_with_exact']):>11}"
         )
     print(

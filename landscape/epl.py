@@ -65,6 +65,13 @@ class EplArgs(ModelArgs, OrganismArgs, PromptArgs, JudgeArgs, GenerationArgs):
         default=True,
         metadata={"help": "bracket crossings with the teacher-forced refusal proxy (HF backend; --no_proxy: off)"},
     )
+    proxy_by_cost: bool = field(
+        default=True,
+        metadata={
+            "help": "use the proxy only when a reading timed at the centre costs under half a sequential look "
+            "(--no_proxy_by_cost: whenever it can)"
+        },
+    )
     exact: bool = field(
         default=False, metadata={"help": "every prompt at every point of the full walk (no chunks, no proxy)"}
     )
@@ -117,6 +124,7 @@ class EplArgs(ModelArgs, OrganismArgs, PromptArgs, JudgeArgs, GenerationArgs):
             seed=self.seed,
             sequential_chunk=self.sequential_chunk,
             proxy=self.proxy,
+            proxy_by_cost=self.proxy_by_cost,
             allow_unsafe_center=self.allow_unsafe_center,
         )
         return settings.exact() if self.exact else settings
@@ -359,8 +367,14 @@ def _mode(report) -> str:
     parts = []
     if s.sequential_chunk:
         parts.append(f"each point stops once chunks of {s.sequential_chunk} answers decide its side (Wilson, 95 %)")
+    c = report.proxy_choice
     if s.proxy and report.proxy_curves:
         parts.append("the refusal proxy brackets each edge, generation confirms it")
+    elif s.proxy and c is not None and not c["used"]:
+        parts.append(
+            f"no proxy: a reading took {c['reading_seconds']:.2f} s against {c['look_seconds']:.2f} s for a "
+            f"sequential look (it pays below {c['pays_below']:g} of one)"
+        )
     elif s.proxy:
         parts.append("no proxy with this backend: full walk")
     return "search: " + ("; ".join(parts) if parts else "exact (every prompt at every point of the walk)")

@@ -57,6 +57,11 @@ class EplSettings:
             fewer tokens (organism v3 small, 80 prompts: 11.0 s vs 9.8 s, 27.7 k vs 32.2 k tokens).
         proxy: bracket each crossing with the teacher-forced :class:`RefusalProxy` and generate only to confirm
             and refine it (Hugging Face backend; the reported EPL is always the generation-based one).
+        proxy_by_cost: use the proxy only where it is cheap on the model at hand: one reading is timed at the
+            centre against a sequential look (a chunk of the centre's own generation time), and the proxy brackets
+            the search only when the reading costs less than ``PROXY_PAYS`` of the look (single process: ranks
+            would time differently). The measurement and the choice are kept in the report (``proxy_choice``).
+            On the synthetic organism a reading costs about 0.06 of a generation point, on SmolLM2 far more.
         allow_unsafe_center: when the centre itself is past τ, report rows marked ``center_unsafe`` (EPL None)
             instead of refusing: there is no basin to measure, and an EPL of 0 would read as a measured one.
     """
@@ -71,6 +76,7 @@ class EplSettings:
     seed: int = 0
     sequential_chunk: int = 32
     proxy: bool = True
+    proxy_by_cost: bool = False
     allow_unsafe_center: bool = False
 
     def __post_init__(self) -> None:
@@ -89,15 +95,23 @@ class EplSettings:
 
     def exact(self) -> EplSettings:
         """These settings with every prompt answered at every point of the full walk (no shortcuts)."""
-        return replace(self, sequential_chunk=0, proxy=False)
+        return replace(self, sequential_chunk=0, proxy=False, proxy_by_cost=False)
 
     def identity(self) -> dict:
         """The settings that decide which points are looked at and what they mean (a resumed run must match
         them); the shortcuts are left out: an exact run can reuse and complete a fast run's points."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("sequential_chunk", "proxy", "allow_unsafe_center")}
+        out = {k: v for k, v in asdict(self).items() if k not in _SHORTCUTS}
         if not out["rel_tol"]:
             del out["rel_tol"]  # absolute resolution only: as runs stored before rel_tol existed
         return out
+
+
+_SHORTCUTS = ("sequential_chunk", "proxy", "proxy_by_cost", "allow_unsafe_center")
+# proxy_by_cost: the proxy brackets the search when one reading costs less than this share of a sequential look.
+# A bracketed edge k walk points out costs about k / PROXY_STRIDE + 2 readings where the walk costs k looks (plus
+# the same confirmation either way), so at the near edges of real weights (k of 1 to 3) a reading pays only when
+# it is well below a look.
+PROXY_PAYS = 0.5
 
 
 @dataclass
@@ -173,6 +187,7 @@ class EplReport:
     metric: str = "asr"
     other_epl: dict = field(default_factory=dict)
     center_refusal_asr: float | None = None  # the centre's ASR by the refusal judge (today's refusals), for hints
+    proxy_choice: dict | None = None  # proxy_by_cost: the timed reading, the look it was set against, the choice
 
     def row(self, direction: str, side: int) -> EplRow:
         for r in self.rows:
@@ -362,7 +377,7 @@ def _search_all(backend, directions, evaluator, settings: EplSettings, store, ra
                     "--judge, or --allow_unsafe_center to write rows marked as such"
                 )
             return _center_unsafe_report(directions, center, center_asr, settings, runner, store, t0, backend, tokens0)
-        proxy = _proxy(backend, evaluator, center, settings)
+        proxy, proxy_choice = _proxy(backend, evaluator, center, settings, world_size)
         tasks = [(d, side) for d in directions for side in (1, -1)]
         found: dict[tuple[str, int], object] = {}
         proxy_reads: dict[tuple[str, int], int] = {}
@@ -455,6 +470,7 @@ def _search_all(backend, directions, evaluator, settings: EplSettings, store, ra
         metric=metric,
         other_epl=other_epl,
         center_refusal_asr=_refusal_asr(evaluator, center),
+        proxy_choice=proxy_choice,
         directions=[dict(d.meta) for d in directions],
         proxy_curves={d.name: _curve(runner.series(d.name + PROXY_SUFFIX), "proxy_asr") for d in directions}
         if proxy is not None
@@ -539,12 +555,32 @@ def _search(f: Callable[[float], float], side: int, s: EplSettings, center_asr: 
     )
 
 
-def _proxy(backend, evaluator, center: dict, settings: EplSettings) -> RefusalProxy | None:
-    """The refusal proxy, when asked for and possible: a backend with teacher-forced scores, a safety evaluator."""
+def _proxy(backend, evaluator, center: dict, settings: EplSettings, world_size: int = 1):
+    """The refusal proxy, when asked for and possible (a backend with teacher-forced scores, a safety evaluator),
+    and with ``proxy_by_cost`` only when a reading timed at the centre is cheap against a sequential look; returns
+    (proxy or None, the timed choice or None)."""
     if not settings.proxy or not backend.supports_scores or not hasattr(evaluator, "sequential"):
-        return None
+        return None, None
     unsafe = _unsafe_vector(center)
-    return RefusalProxy(backend, evaluator.prompts, evaluator.settings, [bool(u == 1.0) for u in unsafe])
+    t0 = time.perf_counter()
+    proxy = RefusalProxy(backend, evaluator.prompts, evaluator.settings, [bool(u == 1.0) for u in unsafe])
+    if not settings.proxy_by_cost or world_size > 1:
+        return proxy, None
+    setup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    proxy()  # at θ₀: the reading's cost only
+    reading = time.perf_counter() - t0
+    n = len(evaluator.prompts)
+    look = float(center.get("seconds", 0.0)) * min(settings.sequential_chunk or n, n) / n
+    used = look > 0 and reading < PROXY_PAYS * look
+    choice = {
+        "reading_seconds": round(reading, 4),
+        "setup_seconds": round(setup, 4),
+        "look_seconds": round(look, 4),
+        "pays_below": PROXY_PAYS,
+        "used": used,
+    }
+    return (proxy if used else None), choice
 
 
 def _proxy_reader(proxy, backend, runner, name: str, reads: dict, side: int):

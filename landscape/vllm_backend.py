@@ -379,25 +379,42 @@ class VLLMBackend(Backend):
             self.set_point([0.0] * len(self._attached))
 
     def generate(self, prompts: list[str], settings: GenerationSettings | None = None, stop_when=None) -> list[str]:
-        """Answers in full: ``stop_when`` is not applied here (vLLM's stop strings match raw text, not a judge's
-        normalised verdict), so the answers and verdicts are those of the HF backend without early stopping."""
+        """Answer every prompt. With a ``stop_when`` that carries raw-text ``strings`` (a
+        :class:`~landscape.scan.StopRule` of the keyword judge), vLLM stops each answer at the token that completes
+        one of them, as the HF backend's per-row criterion does, and :attr:`last_stopped` says which stopped; an
+        answer vLLM stopped whose decoded text does not satisfy ``stop_when`` (vLLM matches its own incremental
+        detokenisation) is generated again in full. Any other ``stop_when`` is not applied: answers are full."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         s = settings or GenerationSettings()
         ids = self.encode(prompts, s)
-        params = SamplingParams(
-            temperature=s.temperature if s.do_sample else 0.0,
-            top_p=s.top_p if s.do_sample else 1.0,
-            max_tokens=s.max_new_tokens,
-            ignore_eos=s.ignore_eos,
-            seed=s.seed,
-        )
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=x) for x in ids], params, use_tqdm=False)
-        self.generated_tokens += sum(len(o.outputs[0].token_ids) for o in outs)
-        self.last_stopped = [False] * len(outs)
-        # Token ids, decoded as the HF backend decodes them: vLLM's .text adds a leading space.
-        return [self.tokenizer.decode(list(o.outputs[0].token_ids), skip_special_tokens=True) for o in outs]
+        strings = getattr(stop_when, "strings", None) if stop_when is not None else None
+
+        def run(batch: list[list[int]], stop: list[str] | None):
+            params = SamplingParams(
+                temperature=s.temperature if s.do_sample else 0.0,
+                top_p=s.top_p if s.do_sample else 1.0,
+                max_tokens=s.max_new_tokens,
+                ignore_eos=s.ignore_eos,
+                seed=s.seed,
+                **({"stop": stop, "include_stop_str_in_output": True} if stop else {}),
+            )
+            outs = self.llm.generate([TokensPrompt(prompt_token_ids=x) for x in batch], params, use_tqdm=False)
+            self.generated_tokens += sum(len(o.outputs[0].token_ids) for o in outs)
+            # Token ids, decoded as the HF backend decodes them: vLLM's .text adds a leading space.
+            text = [self.tokenizer.decode(list(o.outputs[0].token_ids), skip_special_tokens=True) for o in outs]
+            hit = [bool(stop) and isinstance(o.outputs[0].stop_reason, str) for o in outs]
+            return text, hit
+
+        answers, stopped = run(ids, strings)
+        redo = [i for i, hit in enumerate(stopped) if hit and not stop_when(answers[i])]
+        if redo:
+            again, _ = run([ids[i] for i in redo], None)
+            for i, a in zip(redo, again, strict=True):
+                answers[i], stopped[i] = a, False
+        self.last_stopped = stopped
+        return answers
 
 
 def _numel(shape: Sequence[int]) -> int:

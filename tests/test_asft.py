@@ -425,3 +425,38 @@ def test_two_ddp_ranks_train_like_one_process(organism, ft_data, tmp_path):
     a, b = (load_file(tmp_path / d / "adapter" / "adapter_model.safetensors") for d in ("one", "two"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_trajectory_is_logged_and_its_final_point_is_the_final_update(organism, ft_data, tmp_path):
+    """Every K steps ΔW_t's cosine with d_aligned, its subspace share and its coordinates on a plane, in the
+    trainer's log and in trajectory.json; the last point equals the saved model's own update (measured on it)."""
+    from asft.trajectory import load_trajectory
+    from landscape.directions import difference, normalize, save_direction
+    from landscape.geometry import cosine
+
+    a = str(organism["aligned"])
+    d1 = normalize(difference(organism["base"], a, name="d_aligned"), a)
+    d2 = normalize(difference(a, organism["harmful-100"], name="d_harm"), a)
+    save_direction(d1, tmp_path / "d1")
+    save_direction(d2, tmp_path / "d2")
+    plane = [str(tmp_path / "d1"), str(tmp_path / "d2")]
+    for mode in ("lora", "full"):
+        out = tmp_path / mode
+        res = run(_args(organism, ft_data, out, method="sft", mode=mode, trajectory_steps=2, trajectory_plane=plane))
+        traj = load_trajectory(out)
+        steps = [p["step"] for p in traj["points"]]
+        assert steps == [0, 2, 4, 6] and traj["points"][0]["norm"] == 0.0
+        logged = [e for e in res.log if "trajectory/cos_d_aligned" in e]
+        assert [e["step"] for e in logged] == [2, 4, 6]
+        last = traj["points"][-1]
+        final = difference(a, res.model_dir, name="update")
+        assert last["cos_d_aligned"] == pytest.approx(cosine(final, difference(organism["base"], a)), abs=1e-5)
+        assert 0 <= last["share"] <= 1 and last["modules"] == 4 and last["share_null"] > 0
+        # the plane's coordinates and the residual rebuild the update's norm (least squares: a Pythagoras)
+        from landscape.geometry import dot
+
+        on_plane = last["alpha"] ** 2 * dot(d1, d1) + 2 * last["alpha"] * last["beta"] * dot(d1, d2)
+        on_plane += last["beta"] ** 2 * dot(d2, d2)
+        assert on_plane + last["residual"] ** 2 == pytest.approx(last["norm"] ** 2, rel=1e-4)
+    with pytest.raises(ValueError, match="two saved directions"):
+        _args(organism, ft_data, tmp_path / "bad", trajectory_plane=plane[:1])

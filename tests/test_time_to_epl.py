@@ -236,3 +236,29 @@ def test_the_proxy_reads_the_head_only_where_it_needs_it(setup):
             assert all(torch.equal(a, b) for a, b in zip(fast, full, strict=True)), alpha
             changed += greedy_kept(backend.model, ids, answers, backend.pad_id, 16).count(False)
     assert changed > 0  # the comparison covered answers that flip
+
+
+def test_the_proxy_by_cost_times_a_reading_and_keeps_the_choice(setup, monkeypatch):
+    """proxy_by_cost: one reading timed at the centre against a sequential look decides whether the proxy brackets
+    the search; the choice is kept in the report, and the EPLs are the same either way (within the resolution)."""
+    import landscape.search as search
+    from landscape.search import EplReport, EplSettings, effective_perturbation_length
+
+    backend, dirs = setup
+    s = EplSettings(bootstrap=0, proxy_by_cost=True)
+    rep = {}
+    for pays in (1e9, 0.0):  # a reading always pays / never pays
+        monkeypatch.setattr(search, "PROXY_PAYS", pays)
+        rep[pays] = effective_perturbation_length(backend, dirs, _evaluator(48), s, progress=False)
+        c = rep[pays].proxy_choice
+        assert set(c) == {"reading_seconds", "setup_seconds", "look_seconds", "pays_below", "used"}
+        assert c["reading_seconds"] > 0 and c["look_seconds"] > 0 and c["pays_below"] == pays
+    assert rep[1e9].proxy_choice["used"] and sum(r.proxy_evaluations for r in rep[1e9].rows) > 0
+    assert not rep[0.0].proxy_choice["used"] and rep[0.0].proxy_curves == {}
+    assert all(r.proxy_evaluations == 0 for r in rep[0.0].rows)
+    for a, b in zip(rep[1e9].rows, rep[0.0].rows, strict=True):
+        assert a.censored == b.censored and abs(a.epl - b.epl) <= s.tol
+    back = EplReport.from_json(json.loads(json.dumps(rep[0.0].to_json())))
+    assert back.proxy_choice == rep[0.0].proxy_choice
+    # the setting changes the cost, not what the points mean: a stored run resumes under either
+    assert EplSettings(proxy_by_cost=True).identity() == EplSettings().identity()

@@ -155,3 +155,47 @@ def test_answers_change_with_the_weights_and_come_back_exactly(medium, engine, t
         hf.set_point((1.0,))
         assert engine.generate(prompts, s) == hf.generate(prompts, s)
     assert engine.generate(prompts, s) == centre
+
+
+def test_only_the_keyword_judge_gives_stop_strings():
+    from landscape.judges import CachedJudge, KeywordJudge
+    from landscape.refusals import RefusalJudge
+    from landscape.scan import StopRule
+
+    kw = KeywordJudge()
+    assert StopRule([CachedJudge(kw)]).strings == list(kw.phrases)
+    assert StopRule([RefusalJudge()]).strings is None  # it matches normalised text: vLLM answers in full
+    assert StopRule([kw, RefusalJudge()]).strings is None  # both must be decided: no string says that
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_vllm_stops_keyword_answers_where_hf_does(medium, engine, tmp_path):
+    """Early stopping through stop strings: at every point the same stored answers, the same stopped marks and the
+    same verdicts as the HF backend's per-row criterion, and fewer tokens than full answers."""
+    from landscape.backend import HFBackend
+    from landscape.directions import load_direction
+    from landscape.generation import GenerationSettings
+    from landscape.judges import KeywordJudge
+    from landscape.organism import world
+    from landscape.scan import SafetyEvaluator, scan_1d
+
+    save_direction(medium.direction("d_harm"), tmp_path / "d_harm")
+    d = load_direction(tmp_path / "d_harm")
+    prompts, s = world.eval_prompts()[:24], GenerationSettings(max_new_tokens=24)
+    alphas = [0.0, 0.1, 0.2, 0.3]
+    model, tok = load_model(medium["aligned"])
+    early = SafetyEvaluator(prompts, KeywordJudge(), s, early_stop=True)
+    hf = scan_1d(HFBackend(model, tok), d, alphas, early, progress=False)
+    before = engine.generated_tokens
+    vl = scan_1d(engine, d, alphas, early, progress=False)
+    stopped_tokens = engine.generated_tokens - before
+    for a, h, v in zip(alphas, hf.records, vl.records, strict=True):
+        assert h["metrics"]["responses"] == v["metrics"]["responses"], a
+        assert h["metrics"].get("stopped") == v["metrics"].get("stopped"), a
+        assert h["metrics"]["unsafe"] == v["metrics"]["unsafe"], a
+    assert any("stopped" in r["metrics"] for r in vl.records)
+    before = engine.generated_tokens
+    full = scan_1d(engine, d, alphas, SafetyEvaluator(prompts, KeywordJudge(), s), progress=False)
+    assert [r["metrics"]["unsafe"] for r in full.records] == [r["metrics"]["unsafe"] for r in vl.records]
+    assert stopped_tokens < engine.generated_tokens - before

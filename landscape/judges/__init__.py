@@ -122,6 +122,11 @@ class KeywordJudge(Judge):
         """A phrase has appeared: every continuation still holds it, so the verdict (a refusal) is fixed."""
         return any(p in text for p in self.phrases)
 
+    def stop_strings(self) -> list[str]:
+        """Raw-text strings whose appearance decides the verdict, for backends that stop on text (vLLM): the
+        phrases themselves, since :meth:`decided` matches them unnormalised."""
+        return list(self.phrases)
+
     def judge(self, prompts, responses):
         out = []
         for r in responses:
@@ -391,8 +396,8 @@ class CachedJudge(Judge):
         return self.inner.key()
 
     def __getattr__(self, name):
-        if name == "decided" and hasattr(self.inner, "decided"):  # a cached lexical judge stays lexical
-            return self.inner.decided
+        if name in ("decided", "stop_strings") and hasattr(self.inner, name):  # a cached lexical judge stays lexical
+            return getattr(self.inner, name)
         raise AttributeError(name)
 
     def judge(self, prompts, responses):

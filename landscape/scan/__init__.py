@@ -76,6 +76,24 @@ class Evaluator:
 SCHEDULE_SEED = 0  # order of the prompts under sequential testing
 
 
+class StopRule:
+    """When an answer may stop: ``rule(text)`` is True once every judge's verdict on ``text`` is fixed.
+
+    ``strings``: raw-text stop strings that decide the same verdict (one judge that defines ``stop_strings``, the
+    keyword judge), for backends that stop on text rather than on a predicate (vLLM); None when there are none
+    (the refusal judge matches normalised text; several judges must all be decided), and such a backend then
+    answers in full.
+    """
+
+    def __init__(self, judges: Sequence):
+        self.judges = list(judges)
+        one = self.judges[0] if len(self.judges) == 1 else None
+        self.strings = list(one.stop_strings()) if one is not None and hasattr(one, "stop_strings") else None
+
+    def __call__(self, text: str) -> bool:
+        return all(j.decided(text) for j in self.judges)
+
+
 class SafetyEvaluator(Evaluator):
     """Generate answers to harmful prompts, judge them, and report ASR (with a Wilson interval).
 
@@ -95,7 +113,8 @@ class SafetyEvaluator(Evaluator):
             define ``decided``, as the keyword and refusal judges do; with any model judge among them, answers are
             generated in full). Verdicts, ASR and coherent ASR are those of full answers (a stopped answer is a
             refusal: it holds a phrase every continuation keeps, and a refusal is safe whatever its coherence);
-            the stored answer ends where it stopped, and the point's ``stopped`` marks say which ("1").
+            the stored answer ends where it stopped, and the point's ``stopped`` marks say which ("1"). The HF
+            backend stops on the predicate; vLLM on stop strings, for the keyword judge only (:class:`StopRule`).
         defer_judging: only generate at each point (records hold the answers and ``"pending": True``); judge
             every point of the scan afterwards in one batched pass with :func:`judge_pending`. For model judges
             (guard, classifier) that should not share the device with the model being scanned, or that batch
@@ -135,12 +154,12 @@ class SafetyEvaluator(Evaluator):
         self.defer = defer_judging
         self.early_stop = early_stop
 
-    def stop_when(self):
-        """The predicate generation may stop an answer on (every judge decided), or None when it may not."""
+    def stop_when(self) -> StopRule | None:
+        """The rule generation may stop an answer on (every judge decided), or None when it may not."""
         judges = [self.judge, *self.extra]
         if not self.early_stop or self.defer or not all(hasattr(j, "decided") for j in judges):
             return None
-        return lambda text: all(j.decided(text) for j in judges)
+        return StopRule(judges)
 
     def _generate(self, backend, prompts: list[str]) -> tuple[list[str], list[bool]]:
         stop = self.stop_when()
@@ -291,6 +310,10 @@ class SafetyEvaluator(Evaluator):
             out[f"asr_{j.name}"] = asr([v.unsafe for v in extra])
             ex_labels = [v.label for v in extra]
             out[f"labels_{j.name}"] = {lab: ex_labels.count(lab) for lab in sorted(set(ex_labels))}
+            ex_marks = ["-"] * len(responses)
+            for i, v in zip(idx, extra, strict=True):
+                ex_marks[i] = "1" if v.unsafe else "0"
+            out[f"unsafe_{j.name}"] = "".join(ex_marks)  # each answer's verdict by this judge (the report shows them)
         if coherent is not None:
             ok = [bool(coherent[i]) for i in idx]
             out["asr_coherent"] = asr([u and c for u, c in zip(unsafe, ok, strict=True)])
