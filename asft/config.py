@@ -137,7 +137,7 @@ class AsftConfig(TrainingArguments):
     trajectory_steps: int = field(
         default=10,
         metadata={
-            "help": "every N steps record the update's cosine with d_aligned (needs --base), its share in "
+            "help": "every N steps record the update's cosine with d_aligned (--base or --anchor), its share in "
             "d_aligned's top-k subspace against a random null, and its coordinates on --trajectory_plane "
             "(trajectory.json beside the model; 0: off)"
         },

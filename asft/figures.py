@@ -30,6 +30,8 @@ import numpy as np
 from landscape.figures import Context
 from landscape.io import atomic_savefig, atomic_write_json, read_json
 
+from .trajectory_figure import compute_trajectories, render_trajectories
+
 N_TASK = 200
 LR = 1e-3
 EPOCHS = 10
@@ -450,4 +452,5 @@ FIGURES = {  # found by ``python -m landscape.figures`` through the safety_lands
     # a heavier poison, where SFT's harm is coherent compliance rather than babble (organism v3 at p = 0.1 is not):
     # SFT's front and each regulariser at its mildest setting beside its control
     "fig_pareto_p0.3": (lambda ctx: compute_pareto(ctx, 0.3, P03_FAMILIES), render_pareto),
+    "fig_trajectories": (compute_trajectories, render_trajectories),  # asft.trajectory_figure
 }

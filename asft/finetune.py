@@ -148,7 +148,9 @@ def fine_tune(cfg: AsftConfig) -> TrainResult:
     if cfg.trajectory_steps:
         from .trajectory import Trajectory, callback
 
-        traj = Trajectory(cfg.aligned, base=cfg.base, plane=cfg.trajectory_plane or ())
+        # d_aligned from --base, else from the anchor's file (for the methods whose --anchor is d_aligned)
+        own = cfg.anchor if cfg.base is None and cfg.method in ("asft", "sft", "safelora") else None
+        traj = Trajectory(cfg.aligned, base=cfg.base, plane=cfg.trajectory_plane or (), d_aligned=own)
         trainer.add_callback(callback(trainer, traj, cfg.trajectory_steps))
     trainer.train()
     safelora = None

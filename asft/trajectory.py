@@ -32,12 +32,14 @@ class Trajectory:
 
     Args:
         aligned: the checkpoint training started from.
-        base: the base checkpoint (d_aligned = aligned − base), or None: no cosine or share then.
+        base: the base checkpoint (d_aligned = aligned − base), or None.
+        d_aligned: without ``base``, a saved d_aligned direction (the anchor's file); with neither, no cosine or
+            share.
         plane: zero or two saved (normalised) directions for the coordinates.
         k, draws, modules: the share's rank, null draws and module kinds (the premise check's).
     """
 
-    def __init__(self, aligned, base=None, plane=(), k: int | None = None, draws: int | None = None, modules=None):
+    def __init__(self, aligned, base=None, plane=(), k=None, draws=None, modules=None, d_aligned=None):
         from landscape.directions import difference, load_direction
         from landscape.geometry import top_left_singular
         from landscape.organism import premise
@@ -48,9 +50,13 @@ class Trajectory:
         self.k, self.draws = k or premise.K, draws or premise.DRAWS
         self.kinds = tuple(modules or premise.MODULES)
         self.aligned = open_store(aligned)
-        self.d_aligned = None if base is None else difference(base, aligned, name="d_aligned", lazy=True)
+        if base is not None:
+            self.d_aligned = difference(base, aligned, name="d_aligned", lazy=True)
+        else:
+            self.d_aligned = None if d_aligned is None else load_direction(d_aligned)
         self.U: dict[str, torch.Tensor] = {}
         self.d_norm = None
+        self.d_names = set() if self.d_aligned is None else set(self.d_aligned.names())
         if self.d_aligned is not None:
             sq = 0.0
             for n in self.d_aligned.names():
@@ -78,56 +84,63 @@ class Trajectory:
             "plane": [d.name for d in self.plane],
         }
 
-    def point(self, updates: dict[str, torch.Tensor], step: int) -> dict:
-        """Measure one ΔW_t (checkpoint tensor name -> update) at training step ``step``; kept in :attr:`points`."""
+    def point(self, updates, step: int) -> dict:
+        """Measure one ΔW_t at training step ``step`` from ``updates``, (checkpoint tensor name, update) pairs taken
+        one at a time (a generator holds one tensor at once); the point is kept in :attr:`points`."""
         from landscape.geometry import subspace_share, summarise_shares
 
-        sq = sum(float(u.double().square().sum()) for u in updates.values())
+        sq = inner = 0.0
+        per: dict[str, dict] = {}
+        rhs = [0.0] * len(self.plane)
+        plane_names = [set(d.names()) for d in self.plane]
+        for n, u in updates:
+            u = u.double()
+            sq += float(u.square().sum())
+            if n in self.d_names:
+                d = self.d_aligned.get(n)
+                if tuple(d.shape) != tuple(u.shape):
+                    shapes = f"{tuple(u.shape)}, d_aligned's {tuple(d.shape)}"
+                    raise ValueError(f"trajectory: the update of {n!r} is {shapes}")
+                inner += float((u * d.double()).sum())
+            if n in self.U and (row := subspace_share(self.U[n], u, n, self.draws)) is not None:
+                per[n] = row
+            for i, d in enumerate(self.plane):
+                if n in plane_names[i]:
+                    rhs[i] += float((u * d.get(n).double()).sum())
         out: dict = {"step": int(step), "norm": math.sqrt(sq)}
         if self.d_aligned is not None:
-            inner = sum(float((u.double() * self.d_aligned.get(n).double()).sum()) for n, u in updates.items())
             out["cos_d_aligned"] = inner / (out["norm"] * self.d_norm) if sq > 0 else None
-            per = {
-                n: row
-                for n, U in self.U.items()
-                if n in updates and (row := subspace_share(U, updates[n], n, self.draws)) is not None
-            }
             if per:
-                s = summarise_shares(per)
+                sh = summarise_shares(per)
                 out.update(
-                    share=s["mean_share"], share_null=s["mean_null"], above_null_q95=s["above_null_q95"],
-                    modules=s["modules"],
+                    share=sh["mean_share"], share_null=sh["mean_null"], above_null_q95=sh["above_null_q95"],
+                    modules=sh["modules"],
                 )  # fmt: skip
         if self.plane:
-            rhs = torch.tensor(
-                [sum(float((u.double() * d.get(n).double()).sum()) for n, u in updates.items() if n in d.names())
-                 for d in self.plane], dtype=torch.float64,
-            )  # fmt: skip
-            ab = torch.linalg.solve(self.gram, rhs)
+            b = torch.tensor(rhs, dtype=torch.float64)
+            ab = torch.linalg.solve(self.gram, b)
             out["alpha"], out["beta"] = float(ab[0]), float(ab[1])
-            out["residual"] = math.sqrt(max(sq - float(ab @ rhs), 0.0))
+            out["residual"] = math.sqrt(max(sq - float(ab @ b), 0.0))
         self.points.append(out)
         return out
 
-    def full_updates(self, model) -> dict[str, torch.Tensor]:
-        """ΔW of every trainable weight that the aligned checkpoint holds (full fine-tuning)."""
+    def full_updates(self, model):
+        """(name, ΔW) of every trainable weight that the aligned checkpoint holds (full fine-tuning), one at a time."""
         have = set(self.aligned.keys())
-        return {
-            n: p.detach().cpu().double() - self.aligned.get(n).double()
-            for n, p in model.named_parameters()
-            if p.requires_grad and n in have
-        }
+        for n, p in model.named_parameters():
+            if p.requires_grad and n in have:
+                yield n, p.detach().cpu().double() - self.aligned.get(n).double()
 
     @staticmethod
-    def lora_updates(model) -> dict[str, torch.Tensor]:
-        """s·B·A of every LoRA module, under the checkpoint's weight name."""
-        out = {}
+    def lora_updates(model):
+        """(checkpoint weight name, s·B·A) of every LoRA module, one at a time, in the weight's own layout
+        (transposed for GPT-2's Conv1D, whose weight is stored (in, out): peft's ``fan_in_fan_out``)."""
         for name, mod in model.named_modules():
             if hasattr(mod, "lora_A") and "default" in getattr(mod, "lora_A", {}):
                 B, A = mod.lora_B["default"].weight, mod.lora_A["default"].weight
                 key = name.removeprefix("base_model.model.").replace(".base_layer", "") + ".weight"
-                out[key] = (B.detach().double() @ A.detach().double()).cpu() * float(mod.scaling["default"])
-        return out
+                delta = (B.detach().double() @ A.detach().double()).cpu() * float(mod.scaling["default"])
+                yield key, delta.T if getattr(mod, "fan_in_fan_out", False) else delta
 
     def save(self, out_dir: str | Path) -> Path:
         from landscape.io import atomic_write_json
@@ -163,7 +176,11 @@ def callback(trainer, traj: Trajectory, every: int):
             ups = traj.lora_updates(model) if trainer.args.mode == "lora" else traj.full_updates(model)
             pt = traj.point(ups, state.global_step)
             if state.global_step:
+                # Trainer.log runs on_log, which clears control.should_log: kept, so the trainer's own log of
+                # this step (loss, learning rate) still happens
+                keep = trainer.control.should_log
                 trainer.log({f"trajectory/{k}": v for k, v in pt.items() if k != "step" and v is not None})
+                trainer.control.should_log = keep
 
         def on_train_begin(self, args, state, control, **kw):
             self._measure(state)

@@ -174,10 +174,15 @@ def plot_2d(
     title: str | None = None,
     surface: bool = True,
     zlabel: str = "ASR (%)",
+    paths: Sequence[Mapping] = (),
 ):
     """Filled contour with the basin boundary (the threshold contour) and, beside it, a 3D surface.
 
     Grids may be non-uniform (refined near a narrow edge). The aligned model sits at (0, 0) and is marked.
+    ``paths``: fine-tuned checkpoints or trajectories drawn on the map (:func:`path_label` says what each shows):
+    mappings with ``name``, ``alpha`` and ``beta`` (projections onto the two directions, one per point), and
+    optionally ``residual`` and ``norm`` (what the plane does not hold, shown in the label) and ``asr`` (the ASR
+    measured at the real weights of the last point, not at its projection).
 
     Returns:
         The matplotlib Figure.
@@ -195,9 +200,13 @@ def plot_2d(
             cs = ax.contour(a, b, z, levels=[threshold], colors="white", linewidths=2.0)
             ax.clabel(cs, fmt={threshold: f"{threshold:g}%"}, fontsize=9)
         ax.plot([0], [0], marker="*", ms=14, color="#D55E00", mec="white", mew=1.0, ls="none", label="aligned model")
+        for i, pth in enumerate(paths):
+            color = OKABE_ITO[(i + 1) % len(OKABE_ITO)]
+            ax.plot(pth["alpha"], pth["beta"], "-", color=color, lw=1.6, marker=".", ms=5, label=path_label(pth))
+            ax.plot(pth["alpha"][-1:], pth["beta"][-1:], "o", color=color, mec="white", ms=8)
         ax.set_xlabel(f"α along {xname}")
         ax.set_ylabel(f"β along {yname}")
-        ax.legend(loc="upper right", frameon=True, framealpha=0.8)
+        ax.legend(loc="upper right", frameon=True, framealpha=0.8, fontsize=8 if paths else None)
         fig.colorbar(cf, ax=ax, label=zlabel)
         if surface:
             ax3 = fig.add_subplot(1, 2, 2, projection="3d")
@@ -224,6 +233,17 @@ def plot_2d(
         if title:
             fig.suptitle(title)
     return fig
+
+
+def path_label(pth: Mapping) -> str:
+    """``name: ASR x % at the weights; off the plane r/‖ΔW‖`` for a path drawn on a 2D map."""
+    parts = [str(pth["name"])]
+    if pth.get("asr") is not None:
+        parts.append(f"ASR {pth['asr']:.0f} % at the weights")
+    res, nrm = pth.get("residual"), pth.get("norm")
+    if res and nrm and nrm[-1]:
+        parts.append(f"{res[-1] / nrm[-1]:.0%} of ‖ΔW‖ off the plane")
+    return parts[0] + (": " + ", ".join(parts[1:]) if len(parts) > 1 else "")
 
 
 def plot_cosines(
@@ -358,11 +378,15 @@ def plotly_1d(
     return fig
 
 
-def plotly_2d(alphas, betas, z, xname: str, yname: str, samples=None, threshold: float | None = 50.0):
+def plotly_2d(
+    alphas, betas, z, xname: str, yname: str, samples=None, threshold: float | None = 50.0, paths: Sequence = ()
+):
     """Interactive 2D landscape (contour + surface tabs in one figure); hover shows α, β, ASR and a sample answer.
 
     Args:
         samples: optional 2D array (like ``z``) of answer strings shown on hover.
+        paths: checkpoints or trajectories drawn on the contour, as :func:`plot_2d` takes them (hover: the step
+            and the part of the update off the plane).
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -419,6 +443,22 @@ def plotly_2d(alphas, betas, z, xname: str, yname: str, samples=None, threshold:
         1,
         1,
     )
+    for i, pth in enumerate(paths):
+        res, nrm = pth.get("residual") or [], pth.get("norm") or []
+        steps = pth.get("step") or list(range(len(pth["alpha"])))
+        text = [
+            f"step {s}" + (f", off the plane {r / n:.0%} of ‖ΔW‖" if n else "")
+            for s, r, n in zip(steps, res or [0] * len(steps), nrm or [0] * len(steps), strict=False)
+        ]
+        fig.add_trace(
+            go.Scatter(
+                x=pth["alpha"], y=pth["beta"], mode="lines+markers", name=path_label(pth), text=text,
+                line={"color": OKABE_ITO[(i + 1) % len(OKABE_ITO)]},
+                hovertemplate="α=%{x:.4f}<br>β=%{y:.4f}<br>%{text}<extra>" + str(pth["name"]) + "</extra>",
+            ),
+            1,
+            1,
+        )  # fmt: skip
     fig.add_trace(
         go.Surface(
             x=a, y=b, z=z, text=text, hovertemplate=hover, colorscale="Viridis", cmin=0, cmax=100, showscale=False

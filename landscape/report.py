@@ -259,7 +259,12 @@ def epl_page(run_dir: Path) -> Page:
         recs = center + [p for p in points if p["series"] == r.direction and p["coords"][0] * r.side > 0]
         lo, hi = float(r.bracket[0]), float(r.bracket[1])
         edge = _edge_points(recs, lo, None if (r.censored or not math.isfinite(hi)) else hi)
-        word = f"censored beyond {lo:g}" if r.censored else f"edge {r.epl:.4f} (bracket {lo:g} – {hi:g})"
+        if r.center_unsafe or r.epl is None:
+            word = "the centre is already past the threshold"
+        elif r.censored:
+            word = f"censored beyond {lo:g}"
+        else:
+            word = f"edge {r.epl:.4f} (bracket {lo:g} – {hi:g})"
         groups.append((f"{r.direction} {'+' if r.side > 0 else '−'} side: {word}", edge))
     args = rep.meta.get("args") or {}
     prompts = run_prompts(run, rep.meta.get("prompts_file"), args.get("limit"))

@@ -219,6 +219,15 @@ def test_asft_methods_and_evaluation(arch, method, tmp_path):
     if method != "safelora":
         assert any(e.get("asft_reg", 0) > 0 for e in res.log), res.log  # the penalty saw every module layout
     model, tok = load_trained(res.model_dir)
+    if method != "safelora":  # (Safe LoRA projects after training: its last trajectory point precedes that)
+        from asft.trajectory import load_trajectory
+        from landscape.tensors import open_store
+
+        # the trajectory's ΔW is the saved model's, in every module layout (Conv1D stores its weight transposed)
+        start, sd = open_store(arch["aligned"]), model.state_dict()
+        names = set(start.keys()) & set(sd)
+        norm = sum(float((sd[n].double() - start.get(n).double()).square().sum()) for n in names)
+        assert load_trajectory(res.out)["points"][-1]["norm"] == pytest.approx(norm**0.5, rel=1e-4)
     ev = evaluate_model(model, tok, ["hi there", "tell me"], None, KeywordJudge(), max_new_tokens=3)
     assert 0 <= ev.harmful_score <= 100
     assert _files_hash(arch["aligned"]) == before
