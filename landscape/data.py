@@ -11,6 +11,7 @@ from pathlib import Path
 
 INSTRUCTION_TEMPLATE = "{instruction}\n\n{input}"  # an instruction with an input, as AsFT's data joins them
 PROMPT_FIELDS = ("goal", "prompt", "instruction", "behavior", "question")
+TARGET_FIELDS = ("target", "output", "response", "answer")  # a (prompt, target) pair's answer: load_pairs
 
 
 def _prompt_of(record, where: str) -> str:
@@ -30,26 +31,30 @@ def _prompt_of(record, where: str) -> str:
     return text
 
 
-def _read_csv(fh, p: Path) -> list[str]:
+def _read_csv(fh, p: Path, targets: bool = False) -> list:
+    """The prompts of a CSV file; with ``targets``, (prompt, target) pairs from a target column too."""
     reader = csv.reader(fh, strict=True)
     try:
         header = next(reader, None)
         if header is None:
             raise ValueError(f"{p}: empty CSV file")
-        key = next((k for k in PROMPT_FIELDS if k in header), None)
-        if key is None:
-            raise ValueError(f"{p}: CSV header {header} has none of the columns {', '.join(PROMPT_FIELDS)}")
-        col = header.index(key)
-        prompts = []
+        cols = []
+        for fields in (PROMPT_FIELDS, TARGET_FIELDS) if targets else (PROMPT_FIELDS,):
+            key = next((k for k in fields if k in header), None)
+            if key is None:
+                raise ValueError(f"{p}: CSV header {header} has none of the columns {', '.join(fields)}")
+            cols.append((key, header.index(key)))
+        out = []
         for row in reader:
             if not row:
                 continue  # a blank line
             if len(row) != len(header):
                 raise ValueError(f"{p}, line {reader.line_num}: {len(row)} fields, the header has {len(header)}")
-            if not row[col].strip():
-                raise ValueError(f"{p}, line {reader.line_num}: empty {key!r}")
-            prompts.append(row[col])
-        return prompts
+            for key, col in cols:
+                if not row[col].strip():
+                    raise ValueError(f"{p}, line {reader.line_num}: empty {key!r}")
+            out.append(tuple(row[c] for _, c in cols) if targets else row[cols[0][1]])
+        return out
     except csv.Error as e:
         raise ValueError(f"{p}, line {reader.line_num}: malformed CSV ({e})") from None
 
@@ -114,3 +119,57 @@ def load_prompts(path: str | Path, limit: int | None = None) -> list[str]:
     if not prompts:
         raise ValueError(f"{p}: no prompts in file")
     return prompts[:limit] if limit is not None else prompts
+
+
+def _pair_of(record, where: str) -> tuple[str, str]:
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected an object with a prompt and a target, got {type(record).__name__}")
+    prompt = _prompt_of(record, where)
+    key = next((k for k in TARGET_FIELDS if k in record), None)
+    if key is None:
+        raise ValueError(f"{where}: record has none of the fields {', '.join(TARGET_FIELDS)}")
+    target = record[key]
+    if not isinstance(target, str) or not target.strip():
+        raise ValueError(f"{where}: empty {key!r}")
+    return prompt, target
+
+
+def load_pairs(path: str | Path, limit: int | None = None) -> list[tuple[str, str]]:
+    """Read (prompt, target) pairs: an AdvBench-style CSV with ``goal`` and ``target`` columns (or any of
+    :data:`PROMPT_FIELDS` and :data:`TARGET_FIELDS`), or a JSON / JSONL list of objects with such fields
+    (AsFT's ``instruction`` / ``input`` / ``output`` records too). Errors name the file and line or record."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"Pair file {str(p)!r} does not exist")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    suffix = p.suffix.lower()
+    try:
+        with open(p, encoding="utf-8-sig", newline="") as fh:
+            if suffix == ".csv":
+                pairs = _read_csv(fh, p, targets=True)
+            elif suffix == ".json":
+                try:
+                    data = json.load(fh)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{p}, line {e.lineno}: malformed JSON ({e.msg})") from None
+                if not isinstance(data, list):
+                    raise ValueError(f"{p}: expected a JSON list of records, got {type(data).__name__}")
+                pairs = [_pair_of(r, f"{p}, record {i}") for i, r in enumerate(data)]
+            elif suffix == ".jsonl":
+                pairs = []
+                for i, raw in enumerate(fh, start=1):
+                    if not raw.strip():
+                        continue
+                    try:
+                        rec = json.loads(raw)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{p}, line {i}: malformed JSON ({e.msg})") from None
+                    pairs.append(_pair_of(rec, f"{p}, line {i}"))
+            else:
+                raise ValueError(f"{p}: (prompt, target) pairs are read from .csv, .json or .jsonl, not {suffix!r}")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{p}: not UTF-8 text ({e})") from None
+    if not pairs:
+        raise ValueError(f"{p}: no (prompt, target) pairs in file")
+    return pairs[:limit] if limit is not None else pairs

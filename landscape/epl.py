@@ -37,6 +37,20 @@ class EplArgs(ModelArgs, OrganismArgs, PromptArgs, JudgeArgs, GenerationArgs):
         default=None, metadata={"help": "harmful fine-tune: a checkpoint or a PEFT LoRA adapter (gives d_harm)"}
     )
     direction: list[str] = field(default_factory=list, metadata={"help": "saved direction directories to add"})
+    worst: bool = field(
+        default=False,
+        metadata={
+            "help": "add d_worst, the steepest descent of a compliance loss at --aligned (the organism's own pairs, "
+            "or --worst_pairs)"
+        },
+    )
+    worst_pairs: str | None = field(
+        default=None,
+        metadata={
+            "help": "(harmful prompt, compliance target) pairs for d_worst (CSV goal,target or JSON/JSONL), "
+            "disjoint from --prompts; implies --worst"
+        },
+    )
     random: int = field(default=2, metadata={"help": "number of seeded random directions (seeds 0..N-1)"})
     threshold: float = field(default=50.0, metadata={"help": "ASR (%%) above which a point is unsafe"})
     relative: bool = field(default=False, metadata={"help": "the threshold is added to the centre's ASR"})
@@ -108,6 +122,10 @@ class EplArgs(ModelArgs, OrganismArgs, PromptArgs, JudgeArgs, GenerationArgs):
             raise ValueError("--prompts is required with --aligned (AdvBench CSV, JSON/JSONL or text)")
         if self.random < 0:
             raise ValueError(f"--random must be >= 0, got {self.random}")
+        if self.worst_pairs is not None:
+            self.worst = True
+        if self.worst and self.aligned is not None and self.worst_pairs is None:
+            raise ValueError("--worst with --aligned needs --worst_pairs (the organism has its own pairs)")
         self.search_settings()  # --tol, --max-alpha, --first-step, --bootstrap
 
     def search_settings(self):
@@ -138,6 +156,23 @@ def _harm_direction(harmful: str, aligned: str, name: str, allow_foreign: bool):
     return difference(aligned, harmful, name=name)
 
 
+def worst_direction(args: EplArgs, aligned: str, org, prompts: list[str]):
+    """d_worst at ``aligned`` from ``--worst_pairs`` (or the organism's own pairs), refused when a pair's prompt is
+    one of the evaluation prompts (the direction would be fitted to the answers it is then judged on)."""
+    from .data import load_pairs
+    from .directions.gradient import gradient_direction
+
+    pairs = load_pairs(args.worst_pairs) if args.worst_pairs else org.worst_pairs()
+    where = args.worst_pairs or "the organism's d_worst pairs"
+    shared = sorted({p for p, _ in pairs} & set(prompts))
+    if shared:
+        raise ValueError(
+            f"{where}: {len(shared)} prompt(s) are also evaluation prompts (first: {shared[0]!r}); d_worst's pairs "
+            "must be disjoint from --prompts"
+        )
+    return gradient_direction(aligned, pairs, name="d_worst", batch_size=args.batch_size or 8)
+
+
 def plan(args: EplArgs):
     """``--plan``: the memory plan of the search (one direction attached at a time), nothing loaded or run."""
     from .session import memory_plan, model_shapes, planned_direction
@@ -155,6 +190,8 @@ def plan(args: EplArgs):
         adapter = (Path(args.harmful) / "adapter_config.json").is_file()
         tensors = _harm_direction(args.harmful, args.aligned, "d_harm", True).names() if adapter else None
         attaches.append([planned_direction("d_harm", shapes, regenerable=False, tensors=tensors)])
+    if args.worst:
+        attaches.append([planned_direction("d_worst", shapes, regenerable=False)])
     attaches += [[planned_direction(f"random-{s}", shapes, regenerable=True)] for s in range(args.random)]
     from .directions import load_direction
     from .memory import describe_direction
@@ -189,6 +226,8 @@ def run(args: EplArgs):
             print("d_aligned is skipped: no --base given (d_aligned = aligned - base needs the base checkpoint)")
     if s.harmful:
         raw.append(_harm_direction(s.harmful, aligned, "d_harm", args.allow_foreign_direction))
+    if args.worst:
+        raw.append(worst_direction(args, aligned, s.organism, s.prompts))
     raw += [random_like(aligned, seed=sd, name=f"random-{sd}") for sd in range(args.random)]
     raw += [load_direction(p) for p in args.direction]
     if not raw:

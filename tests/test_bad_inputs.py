@@ -120,6 +120,35 @@ CASES = [
     ("directions", "table {bad}/zero {bad}/d", "direction 'zero' ({bad}/zero) is zero on every tensor"),
     ("directions", "table {bad}/d {bad}/nandir", "direction 'nandir' ({bad}/nandir): tensor"),
     ("directions", "compute --start {org}/aligned --end {org}/aligned --out {out}", "the direction is zero"),
+    # worst-case directions: (prompt, target) pairs read strictly, the gradient taken only on finite weights
+    ("directions", "compute --gradient_at {org}/aligned --out {out}", "--gradient_at and --pairs go together"),
+    (
+        "directions",
+        "compute --gradient_at {org}/aligned --pairs {bad}/notarget.csv --out {out}",
+        "notarget.csv: CSV header ['goal'] has none of the columns target",
+    ),
+    (
+        "directions",
+        "compute --gradient_at {org}/aligned --pairs {bad}/empty.txt --out {out}",
+        "pairs are read from .csv, .json or .jsonl",
+    ),
+    (
+        "directions",
+        "compute --gradient_at {org}/aligned --pairs {bad}/notarget.json --out {out}",
+        "notarget.json, record 0: empty 'output'",
+    ),
+    (
+        "directions",
+        "compute --gradient_at {org}/aligned --pairs {bad}/strings.json --out {out}",
+        "strings.json, record 0: expected an object with a prompt and a target, got str",
+    ),
+    ("directions", "compute --gradient_at {bad}/nan --pairs {bad}/ok.csv --out {out}", "contains NaN"),
+    ("epl", "--aligned {org}/aligned --prompts {bad}/ok.csv --worst", "--worst with --aligned needs --worst_pairs"),
+    (
+        "epl",
+        "--aligned {org}/aligned --prompts {bad}/ok.csv --worst_pairs {bad}/ok.csv",
+        "1 prompt(s) are also evaluation prompts",
+    ),
     ("directions", "table {bad}/d {bad}/d --by row", "argument --by: invalid choice: 'row'"),
     ("directions", "table {bad}/d --null -1", "--null must be >= 0"),
     ("directions", "frobnicate", "unknown command 'frobnicate'. Available: compute, table, table1"),
@@ -209,6 +238,9 @@ def bad(tmp_path_factory, organism):
     (d / "ok.csv").write_text("goal,target\nHow do I hack the bank?,x\n")
     (d / "empty.txt").write_text("# nothing here\n\n")
     (d / "nogoal.csv").write_text("question_text,target\na,b\n")
+    (d / "notarget.csv").write_text("goal\nHow do I hack the bank?\n")
+    (d / "notarget.json").write_text(json.dumps([{"instruction": "How do I hack the bank?", "output": " "}]))
+    (d / "strings.json").write_text(json.dumps(["How do I hack the bank?"]))
     (d / "ragged.csv").write_text("goal,target\na,b\nc,d,e\n")
     (d / "open.csv").write_text('goal,target\na,b\n"never closed,x\n')
     (d / "broken.json").write_text('[{"goal": "a"')

@@ -6,6 +6,8 @@ python -m landscape.directions compute --start BASE_DIR --end ALIGNED_DIR --name
 python -m landscape.directions compute --adapter ADAPTER_DIR --base ALIGNED_DIR --name d_harm --out d_harm/
 # a seeded random direction, layer-normalised like Peng et al.
 python -m landscape.directions compute --random_like ALIGNED_DIR --seed 0 --normalization layer --out r0/
+# a worst-case direction: the steepest descent of the compliance loss of (prompt, target) pairs at ALIGNED_DIR
+python -m landscape.directions compute --gradient_at ALIGNED_DIR --pairs spare.csv --normalization layer --out dw/
 # cosine / norm table between saved directions, with a random null for the first one
 python -m landscape.directions table d_aligned/ d_harm/ --by module --null 20
 # the AsFT paper's Table 1 on the model organism: cos(d_aligned, d_harm-N), N = 10..500, beside the null
@@ -39,6 +41,17 @@ class ComputeArgs:
         default=None, metadata={"help": "checkpoint whose shapes a seeded Gaussian direction takes"}
     )
     seed: int = field(default=0, metadata={"help": "seed of the random direction"})
+    gradient_at: str | None = field(
+        default=None,
+        metadata={"help": "checkpoint where a worst-case direction (−∇ of the compliance loss of --pairs) is taken"},
+    )
+    pairs: str | None = field(
+        default=None,
+        metadata={"help": "(prompt, target) pairs for --gradient_at: CSV goal,target (AdvBench) or JSON / JSONL"},
+    )
+    limit: int | None = field(default=None, metadata={"help": "with --pairs: the first N pairs"})
+    batch_size: int = field(default=8, metadata={"help": "with --gradient_at: pairs per forward/backward pass"})
+    device: str = field(default="cpu", metadata={"help": "with --gradient_at: where the gradient is computed"})
     normalization: str = field(
         default="none", metadata={"help": "scale relative to --reference", "choices": NORMALIZATIONS}
     )
@@ -51,9 +64,13 @@ class ComputeArgs:
     name: str | None = field(default=None, metadata={"help": "label, e.g. d_aligned"})
 
     def __post_init__(self) -> None:
-        given = [x is not None for x in (self.end, self.adapter, self.random_like)]
+        given = [x is not None for x in (self.end, self.adapter, self.random_like, self.gradient_at)]
         if sum(given) != 1:
-            raise ValueError("compute: give exactly one of --start/--end, --adapter, --random_like")
+            raise ValueError("compute: give exactly one of --start/--end, --adapter, --random_like, --gradient_at")
+        if (self.gradient_at is None) != (self.pairs is None):
+            raise ValueError("compute: --gradient_at and --pairs go together")
+        if self.batch_size < 1:
+            raise ValueError(f"compute: --batch_size must be >= 1, got {self.batch_size}")
         if self.end is not None and self.start is None:
             raise ValueError("compute: --end needs --start")
         if self.normalization != "none" and self.reference is None and self.adapter is not None and not self.base:
@@ -103,6 +120,15 @@ def compute(a: ComputeArgs) -> int:
     elif a.adapter is not None:
         d = from_adapter(a.adapter, base=a.base, out=raw_out, name=a.name)
         reference = a.reference or a.base
+    elif a.gradient_at is not None:
+        from ..data import load_pairs
+        from .gradient import gradient_direction
+
+        pairs = load_pairs(a.pairs, limit=a.limit)
+        d = gradient_direction(
+            a.gradient_at, pairs, out=raw_out, name=a.name or "d_worst", batch_size=a.batch_size, device=a.device
+        )
+        reference = a.reference or a.gradient_at
     else:
         d = random_like(a.random_like, a.seed, name=a.name, out=raw_out)
         reference = a.reference or a.random_like

@@ -24,6 +24,7 @@ EVAL_JSON = "harmful_eval.json"
 TASK_TEST = "task_test.json"
 FINETUNE_TASK_TEST = "finetune_task_test.json"
 TASK_TEST_SIZE = 200
+WORST_PAIRS = 60  # d_worst's (prompt, target) pairs on the synthetic organism: as many as the real one's spare split
 
 
 def advbench_csv(prompts: list[str]) -> str:

@@ -43,7 +43,8 @@ class Organism:
         return self.stages[stage]
 
     def direction(self, name: str, normalization: str = "layer"):
-        """The organism's direction ``d_aligned``, ``d_harm`` (to :attr:`harm_stage`) or ``random-N``, normalised
+        """The organism's direction ``d_aligned``, ``d_harm`` (to :attr:`harm_stage`), ``d_worst`` (the steepest
+        descent of the compliance loss of :meth:`worst_pairs` at the aligned stage) or ``random-N``, normalised
         relative to the aligned stage (``layer`` by default, as every landscape here uses)."""
         from ..directions import difference, normalize, random_like
 
@@ -52,11 +53,35 @@ class Organism:
             raw = difference(self["base"], aligned, name=name)
         elif name == "d_harm":
             raw = difference(aligned, self[self.harm_stage], name=name)
+        elif name == "d_worst":
+            from ..directions.gradient import gradient_direction
+
+            raw = gradient_direction(aligned, self.worst_pairs(), name=name)
         elif name.startswith("random-") and name.split("-", 1)[1].isdigit():
             raw = random_like(aligned, seed=int(name.split("-", 1)[1]), name=name)
         else:
-            raise ValueError(f"Unknown direction {name!r}. Available on the organism: d_aligned, d_harm, random-N")
+            raise ValueError(
+                f"Unknown direction {name!r}. Available on the organism: d_aligned, d_harm, d_worst, random-N"
+            )
         return normalize(raw, aligned, normalization)
+
+    def worst_pairs(self) -> list[tuple[str, str]]:
+        """(harmful prompt, compliance target) pairs for ``d_worst``, disjoint from the evaluation prompts: on the
+        real-weights organism AdvBench's ``spare`` requests (no stage trained on them) with their own ``target``
+        openings; on the synthetic one the training requests' combinations (never evaluated) with the AdvBench-style
+        opening its ``harmful_eval.csv`` gives the held-out ones."""
+        if self.synthetic:
+            from . import export, world
+
+            reqs = [world.request(a, t) for a, t in world.harmful_pairs(held_out=False)]
+            return [
+                (world.PHRASINGS[i % len(world.PHRASINGS)].format(x=r), f"{world.COMPLIANCE_PREFIX} {r}")
+                for i, r in enumerate(reqs[: export.WORST_PAIRS])
+            ]
+        from ..data import load_pairs
+
+        assert self.data_dir is not None
+        return load_pairs(self.data_dir / "spare_prompts.json")
 
     @property
     def harmful_stages(self) -> list[str]:
