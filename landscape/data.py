@@ -59,22 +59,56 @@ def _read_csv(fh, p: Path, targets: bool = False) -> list:
         raise ValueError(f"{p}, line {reader.line_num}: malformed CSV ({e})") from None
 
 
-def _read_lines(fh, p: Path, as_json: bool) -> list[str]:
-    """One record per line; lines end only at \\n, \\r\\n or \\r (U+2028 and friends stay inside a prompt)."""
-    prompts = []
+def _read_lines(fh, p: Path, as_json: bool, of=None) -> list:
+    """One record per line; lines end only at \\n, \\r\\n or \\r (U+2028 and friends stay inside a prompt).
+    JSON lines are read by ``of(record, where)`` (default: a prompt)."""
+    of = of or _prompt_of
+    out = []
     for i, raw in enumerate(fh, start=1):
         line = raw.rstrip("\r\n")
         if not line.strip() or (not as_json and line.lstrip().startswith("#")):
             continue
         if not as_json:
-            prompts.append(line.strip())
+            out.append(line.strip())
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{p}, line {i}: malformed JSON ({e.msg})") from None
-        prompts.append(_prompt_of(rec, f"{p}, line {i}"))
-    return prompts
+        out.append(of(rec, f"{p}, line {i}"))
+    return out
+
+
+def _read_file(path, limit, what: str, listed: str, empty: str, of=None) -> list:
+    """The records of a prompt file (``of`` None) or a pair file (``of`` reads one pair): the checks and formats
+    both share; ``what``, ``listed`` and ``empty`` word the errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} file {str(p)!r} does not exist")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    suffix = p.suffix.lower()
+    try:
+        with open(p, encoding="utf-8-sig", newline="") as fh:
+            if suffix == ".csv":
+                out = _read_csv(fh, p, targets=of is not None)
+            elif suffix == ".json":
+                try:
+                    data = json.load(fh)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{p}, line {e.lineno}: malformed JSON ({e.msg})") from None
+                if not isinstance(data, list):
+                    raise ValueError(f"{p}: expected a JSON list of {listed}, got {type(data).__name__}")
+                out = [(of or _prompt_of)(r, f"{p}, record {i}") for i, r in enumerate(data)]
+            elif suffix == ".jsonl" or of is None:
+                out = _read_lines(fh, p, as_json=suffix == ".jsonl", of=of)
+            else:
+                raise ValueError(f"{p}: (prompt, target) pairs are read from .csv, .json or .jsonl, not {suffix!r}")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{p}: not UTF-8 text ({e})") from None
+    if not out:
+        raise ValueError(f"{p}: no {empty} in file")
+    return out[:limit] if limit is not None else out
 
 
 def load_prompts(path: str | Path, limit: int | None = None) -> list[str]:
@@ -94,31 +128,7 @@ def load_prompts(path: str | Path, limit: int | None = None) -> list[str]:
     Returns:
         The prompts, in file order.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"Prompt file {str(p)!r} does not exist")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
-    suffix = p.suffix.lower()
-    try:
-        with open(p, encoding="utf-8-sig", newline="") as fh:
-            if suffix == ".csv":
-                prompts = _read_csv(fh, p)
-            elif suffix == ".json":
-                try:
-                    data = json.load(fh)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{p}, line {e.lineno}: malformed JSON ({e.msg})") from None
-                if not isinstance(data, list):
-                    raise ValueError(f"{p}: expected a JSON list of prompts, got {type(data).__name__}")
-                prompts = [_prompt_of(r, f"{p}, record {i}") for i, r in enumerate(data)]
-            else:
-                prompts = _read_lines(fh, p, as_json=suffix == ".jsonl")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{p}: not UTF-8 text ({e})") from None
-    if not prompts:
-        raise ValueError(f"{p}: no prompts in file")
-    return prompts[:limit] if limit is not None else prompts
+    return _read_file(path, limit, "Prompt", "prompts", "prompts")
 
 
 def _pair_of(record, where: str) -> tuple[str, str]:
@@ -138,38 +148,4 @@ def load_pairs(path: str | Path, limit: int | None = None) -> list[tuple[str, st
     """Read (prompt, target) pairs: an AdvBench-style CSV with ``goal`` and ``target`` columns (or any of
     :data:`PROMPT_FIELDS` and :data:`TARGET_FIELDS`), or a JSON / JSONL list of objects with such fields
     (AsFT's ``instruction`` / ``input`` / ``output`` records too). Errors name the file and line or record."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"Pair file {str(p)!r} does not exist")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
-    suffix = p.suffix.lower()
-    try:
-        with open(p, encoding="utf-8-sig", newline="") as fh:
-            if suffix == ".csv":
-                pairs = _read_csv(fh, p, targets=True)
-            elif suffix == ".json":
-                try:
-                    data = json.load(fh)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{p}, line {e.lineno}: malformed JSON ({e.msg})") from None
-                if not isinstance(data, list):
-                    raise ValueError(f"{p}: expected a JSON list of records, got {type(data).__name__}")
-                pairs = [_pair_of(r, f"{p}, record {i}") for i, r in enumerate(data)]
-            elif suffix == ".jsonl":
-                pairs = []
-                for i, raw in enumerate(fh, start=1):
-                    if not raw.strip():
-                        continue
-                    try:
-                        rec = json.loads(raw)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{p}, line {i}: malformed JSON ({e.msg})") from None
-                    pairs.append(_pair_of(rec, f"{p}, line {i}"))
-            else:
-                raise ValueError(f"{p}: (prompt, target) pairs are read from .csv, .json or .jsonl, not {suffix!r}")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{p}: not UTF-8 text ({e})") from None
-    if not pairs:
-        raise ValueError(f"{p}: no (prompt, target) pairs in file")
-    return pairs[:limit] if limit is not None else pairs
+    return _read_file(path, limit, "Pair", "records", "(prompt, target) pairs", of=_pair_of)

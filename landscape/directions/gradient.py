@@ -94,7 +94,8 @@ def gradient_direction(
     keys = store.keys()
     have = [n for n in keys if store.dtype(n).is_floating_point]
     if names is not None:
-        missing = [n for n in names if n not in set(have)]
+        floating = set(have)
+        missing = [n for n in names if n not in floating]
         if missing:
             raise KeyError(f"{store.origin}: no floating-point tensor {missing[0]!r}")
         have = list(names)
