@@ -308,10 +308,12 @@ class HFBackend(Backend):
         eos = set(self.eos_ids.tolist())
         results, early = [], []
         for r, row in enumerate(out.tolist()):
-            cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row)) if not s.ignore_eos else len(row)
+            ended = None if s.ignore_eos else next((i + 1 for i, t in enumerate(row) if t in eos), None)
             at = stop.stopped_at[r] if stop is not None else None
-            early.append(at is not None and at < cut)
-            results.append(row[: min(cut, at)] if early[-1] else row[:cut])
+            # stopped by stop_when unless the answer had ended (EOS) first; a stop that finished the whole batch
+            # leaves no padding after it (at == len(row)), and is a stop all the same
+            early.append(at is not None and (ended is None or at < ended))
+            results.append(row[:at] if early[-1] else row[: ended or len(row)])
         return results, early
 
     # ------------------------------------------------------------------------------------------- scores

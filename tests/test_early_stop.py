@@ -116,3 +116,21 @@ def test_model_judges_get_full_answers(aligned):
     assert ev.stop_when() is None  # one judge reads whole answers: nobody stops early
     model, tok = aligned
     assert "stopped" not in ev(HFBackend(model, tok))
+
+
+def test_a_stop_that_ends_the_whole_batch_is_marked(aligned):
+    """When every row stops on the same token, generate() returns no padding after it: the answers must still be
+    marked as stopped (the vLLM backend marks them; the CI's vLLM lane caught the HF backend not doing so)."""
+    from landscape.backend import HFBackend
+    from landscape.generation import GenerationSettings
+    from landscape.organism import world
+
+    model, tok = aligned
+    be = HFBackend(model, tok)
+    prompts, s = world.eval_prompts()[:3], GenerationSettings(max_new_tokens=16)
+    full = be.generate(prompts, s)
+    first = be.generate(prompts[:1], s, stop_when=lambda text: len(text) > 0)  # one row: stops the batch
+    assert be.last_stopped == [True] and full[0].startswith(first[0]) and len(first[0]) < len(full[0])
+    all_at_once = be.generate(prompts, s, stop_when=lambda text: len(text) > 0)
+    assert be.last_stopped == [True] * 3
+    assert all(f.startswith(a) for f, a in zip(full, all_at_once, strict=True))
