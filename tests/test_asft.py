@@ -458,5 +458,20 @@ def test_trajectory_is_logged_and_its_final_point_is_the_final_update(organism, 
         on_plane = last["alpha"] ** 2 * dot(d1, d1) + 2 * last["alpha"] * last["beta"] * dot(d1, d2)
         on_plane += last["beta"] ** 2 * dot(d2, d2)
         assert on_plane + last["residual"] ** 2 == pytest.approx(last["norm"] ** 2, rel=1e-4)
+        assert last["cos_plane_2"] == pytest.approx(cosine(final, d2), abs=1e-5)
+        assert [e["trajectory/cos_plane_2"] for e in logged] == [p["cos_plane_2"] for p in traj["points"][1:]]
     with pytest.raises(ValueError, match="two saved directions"):
         _args(organism, ft_data, tmp_path / "bad", trajectory_plane=plane[:1])
+
+
+def test_trajectory_growth_says_when_the_harmful_component_grew():
+    """fig_trajectories' summary: a component that turns towards d_harm only late shows a rising cosine and a
+    harmful half-step after the norm's; one that points there from the start does not."""
+    from asft.trajectory_figure import growth
+
+    late = [{"step": s, "norm": float(s), "cos_plane_2": c} for s, c in [(0, None), (5, 0.0), (10, 0.1), (15, 0.6)]]
+    g = growth(late)
+    assert g["cos_d_harm"] == [0.0, 0.1, 0.6] and g["half_step_norm"] == 10 and g["half_step_d_harm"] == 15
+    early = [{"step": s, "norm": float(s), "cos_plane_2": 0.5} for s in (5, 10, 15)]
+    assert growth(early)["half_step_d_harm"] == growth(early)["half_step_norm"] == 10
+    assert growth(late[:2]) == {"points": 1}

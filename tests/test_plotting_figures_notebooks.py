@@ -113,6 +113,13 @@ def test_figures_cli_regenerates_from_scratch_quick(organism_cache, tmp_path, ca
         "table7_epl.png",
     } <= set(pngs)
     assert all((out / p).read_bytes()[:8] == PNG for p in pngs)
+    # the fine-tunes' trajectories on the (d_aligned, d_harm) map, with when their d_harm component grew
+    traj = json.loads((out / "data" / "fig_trajectories.json").read_text())
+    assert "fig_trajectories_synthetic.png" in pngs and "skipped" in traj["real"]
+    for label, r in traj["synthetic"]["runs"].items():
+        g = r["growth"]
+        assert g["steps"][-1] == r["steps"] and -1 <= g["cos_d_harm"][-1] <= 1, label
+        assert g["half_step_norm"] is not None and g["half_step_norm"] <= r["steps"], label
     # a second run renders from stored results without recomputing
     stamp = json.loads((out / "data" / "table1_cosines.json").read_text())
     main(base + ["--only", "table1_cosines"])
