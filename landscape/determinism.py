@@ -1,4 +1,4 @@
-"""Pinned kernels: organisms and the figures' checked results bit-identical on any x86-64 CPU with AVX2.
+"""Pinned kernels: organisms and the figures' checked results bit-identical under every dispatch setting of one CPU.
 
 Float results on a CPU depend on which kernels run: torch's own (ATen) dispatch to AVX2 or AVX-512 code, MKL picks
 code paths by vendor and instruction set, oneDNN by instruction set, and reductions split by thread count. The
@@ -18,6 +18,10 @@ is not (they record the kind of CPU instead, and run at full speed).
 Measured on an AMD EPYC (AVX-512) with 2 cores: tiny organism checkpoints bit-identical whatever MKL was told
 to use (``MKL_ENABLE_INSTRUCTIONS`` AVX-512, AVX2, SSE4.2) under the pins (``benchmarks/RESULTS.md``).
 On a CPU without AVX2, or not x86-64, pinning does not apply: results are then those of that machine.
+What the pins do not give: the same checkpoints on an AMD and an Intel CPU. The same code, pins and seed built the
+tiny organism with digest beea87883af175a4 on an AMD EPYC and 30a946072bd9ec63 on an Intel Xeon (both 2 cores,
+torch 2.13.0+cpu); the kernel that differs was not found, so ``figures --check`` keeps its exact references per
+CPU vendor and holds other machines' results against the committed seeds' spread (:func:`landscape.figures.check`).
 """
 
 from __future__ import annotations

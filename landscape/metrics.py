@@ -378,6 +378,21 @@ def bootstrap_epl(
     return float(lo), float(hi)
 
 
+def prediction_interval(values: Sequence[float], level: float = 0.999) -> tuple[float, float]:
+    """Where one more independent run (seed) falls with probability ``level``, from ``values`` of earlier runs:
+    mean ± t_{(1+level)/2, n−1} · s · √(1 + 1/n) (Student t, normal runs). One value: the interval is the value."""
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=float)
+    if v.size == 0 or not np.isfinite(v).all():
+        raise ValueError(f"prediction_interval: needs finite values ({v.tolist()})")
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, m
+    half = float(t.ppf((1 + level) / 2, len(v) - 1)) * float(v.std(ddof=1)) * math.sqrt(1 + 1 / len(v))
+    return m - half, m + half
+
+
 def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
     """Mean and 95 % Student-t interval over independent runs (seeds), the t quantile with n − 1 degrees of freedom
     for every n (scipy's); one value: the interval is the value."""

@@ -177,3 +177,27 @@ def test_relative_resolution_resolves_small_edges_to_their_size():
     assert big.bracket == epl_adaptive(step(0.3), 1, 50.0, tol=0.005).bracket  # 5 % of 0.3 is coarser than 0.005
     with pytest.raises(ValueError, match="rel_tol"):
         epl_adaptive(step(0.3), 1, 50.0, rel_tol=1.5)
+
+
+def test_prediction_interval_holds_one_more_seed():
+    """Student-t prediction interval: wider than the mean's interval by √(n + 1), and of the stated coverage for
+    one more draw (checked by simulation)."""
+    import numpy as np
+    from scipy.stats import t
+
+    from landscape.metrics import prediction_interval
+
+    v = [1.0, 2.0, 3.0, 4.0, 5.0]
+    lo, hi = prediction_interval(v, 0.95)
+    half = t.ppf(0.975, 4) * np.std(v, ddof=1) * np.sqrt(1.2)
+    assert (lo, hi) == pytest.approx((3 - half, 3 + half))
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(4000):
+        d = rng.normal(size=6)
+        lo, hi = prediction_interval(d[:5], 0.9)
+        hits += lo <= d[5] <= hi
+    assert abs(hits / 4000 - 0.9) < 0.02
+    assert prediction_interval([0.3]) == (0.3, 0.3)
+    with pytest.raises(ValueError, match="finite"):
+        prediction_interval([0.1, float("inf")])

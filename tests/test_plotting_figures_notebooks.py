@@ -180,3 +180,35 @@ def test_notebook_is_stripped_and_runs(path, organism_cache, monkeypatch):
     client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
     client.execute(env=dict(os.environ))
     assert any(o.get("output_type") == "display_data" or o.get("data") for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_check_on_another_kind_of_cpu_holds_results_against_the_seeds_spread():
+    """Without this kind of CPU's exact numbers, --check asks whether a recomputed result could be one more seed
+    (the committed seeds' 99.9 % prediction interval): the pinned Intel build's seed 0 passes against the
+    committed five seeds (so did the pinned AMD build's of caa0768, by hand); a regression does not.
+    Pinned references are kept per CPU vendor (an AMD and an Intel CPU train different organisms under the pins)."""
+    import copy
+
+    from landscape.figures import SPREAD, _same_kind, reference_file
+
+    root = Path(__file__).resolve().parents[1] / "figures" / "data"
+    committed = {n: json.loads((root / f"{n}.json").read_text()) for n in SPREAD}
+    intel = json.loads((root / "check" / "pinned-x86_64-avx2-mkl_compatible-2threads-GenuineIntel.json").read_text())
+    for name, spread in SPREAD.items():
+        assert spread(committed[name], intel[name]) == [], name
+    bad = copy.deepcopy(intel)
+    bad["table1_cosines"]["seeds"]["0"]["rows"][1]["cos"] = 0.02  # the sign of Table 1 flipped
+    bad["table7_epl"]["models"]["small"]["seeds"]["0"]["keyword"][2]["epl"] *= 3  # d_harm's edge three times wider
+    t1 = SPREAD["table1_cosines"](committed["table1_cosines"], bad["table1_cosines"])
+    t7 = SPREAD["table7_epl"](committed["table7_epl"], bad["table7_epl"])
+    assert len(t1) == 1 and "N=50" in t1[0] and "prediction interval" in t1[0]
+    assert len(t7) == 1 and "small keyword d_harm +1" in t7[0]
+    env = {
+        "machine": "x86_64",
+        "cpu": "AuthenticAMD AVX2",
+        "threads": 2,
+        "pinned": "x86_64-avx2-mkl_compatible-2threads",
+    }
+    assert reference_file("figures", env).name == "pinned-x86_64-avx2-mkl_compatible-2threads-AuthenticAMD.json"
+    assert _same_kind(env, dict(env)) and not _same_kind({**env, "cpu": "GenuineIntel AVX2"}, env)
+    assert not _same_kind(committed["table1_cosines"]["environment"], env)  # made before CPUs were recorded

@@ -53,7 +53,7 @@ def organism_dir(preset: str, seed: int, cache_dir: str | Path | None = None) ->
     from ..determinism import builds_pinned
 
     version = f"organism-real-v{REAL_VERSION}" if preset in REAL_PRESETS else f"organism-v{ORGANISM_VERSION}"
-    # built with pinned kernels (the same on any x86-64 CPU with AVX2) or by this kind of CPU: never mixed up
+    # built with pinned kernels or by this kind of CPU's own dispatch: never mixed up
     return root / (version + ("-pinned" if builds_pinned() else "")) / f"{preset}-seed{seed}"
 
 
@@ -106,7 +106,7 @@ def build_organism(
             a real-weights organism built from SmolLM2-135M-Instruct: "smollm2" or "smollm2-tiny" (tests; see
             :mod:`landscape.organism.real`).
         seed: training seed; same seed, bit-identical checkpoints on the same kind of CPU and thread count, and on
-            any x86-64 CPU with AVX2 when the build is pinned (:func:`landscape.determinism.builds_pinned`: inside
+            CPUs of one vendor with AVX2 when the build is pinned (:func:`landscape.determinism.builds_pinned`: inside
             ``python -m landscape.figures``, or with ``SAFETY_LANDSCAPE_PIN=1``).
         cache_dir: cache root; default :func:`default_cache_dir`.
         stages: build only these stages (and the stages they start from); default all.
