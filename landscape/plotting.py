@@ -5,6 +5,7 @@ Matplotlib for papers (colour-blind-safe Okabe–Ito palette, readable fonts), p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -206,7 +207,10 @@ def plot_2d(
             ax.plot(pth["alpha"][-1:], pth["beta"][-1:], "o", color=color, mec="white", ms=8)
         ax.set_xlabel(f"α along {xname}")
         ax.set_ylabel(f"β along {yname}")
-        ax.legend(loc="upper right", frameon=True, framealpha=0.8, fontsize=8 if paths else None)
+        if paths:  # long labels: below the map, where they hide no trajectory
+            fig.legend(loc="outside lower center", frameon=False, fontsize=8)
+        else:
+            ax.legend(loc="upper right", frameon=True, framealpha=0.8)
         fig.colorbar(cf, ax=ax, label=zlabel)
         if surface:
             ax3 = fig.add_subplot(1, 2, 2, projection="3d")
@@ -235,14 +239,22 @@ def plot_2d(
     return fig
 
 
+def in_plane(residual: float, norm: float) -> str:
+    """How much of an update's length the map's plane holds, √(1 − (residual/‖ΔW‖)²), to two significant digits
+    (a share of 0.1 % reads as such, not as "100 % off the plane")."""
+    share = math.sqrt(max(0.0, 1.0 - (residual / norm) ** 2)) if norm else 0.0
+    pct = share * 100
+    return f"{pct:.0f} % of ‖ΔW‖ in the plane" if pct >= 10 else f"{pct:.2g} % of ‖ΔW‖ in the plane"
+
+
 def path_label(pth: Mapping) -> str:
-    """``name: ASR x % at the weights; off the plane r/‖ΔW‖`` for a path drawn on a 2D map."""
+    """``name: ASR x % at the weights, y % of ‖ΔW‖ in the plane`` for a path drawn on a 2D map."""
     parts = [str(pth["name"])]
     if pth.get("asr") is not None:
         parts.append(f"ASR {pth['asr']:.0f} % at the weights")
     res, nrm = pth.get("residual"), pth.get("norm")
     if res and nrm and nrm[-1]:
-        parts.append(f"{res[-1] / nrm[-1]:.0%} of ‖ΔW‖ off the plane")
+        parts.append(in_plane(res[-1], nrm[-1]))
     return parts[0] + (": " + ", ".join(parts[1:]) if len(parts) > 1 else "")
 
 
@@ -447,7 +459,7 @@ def plotly_2d(
         res, nrm = pth.get("residual") or [], pth.get("norm") or []
         steps = pth.get("step") or list(range(len(pth["alpha"])))
         text = [
-            f"step {s}" + (f", off the plane {r / n:.0%} of ‖ΔW‖" if n else "")
+            f"step {s}" + (f", {in_plane(r, n)}" if n else "")
             for s, r, n in zip(steps, res or [0] * len(steps), nrm or [0] * len(steps), strict=False)
         ]
         fig.add_trace(

@@ -212,3 +212,19 @@ def test_check_on_another_kind_of_cpu_holds_results_against_the_seeds_spread():
     assert reference_file("figures", env).name == "pinned-x86_64-avx2-mkl_compatible-2threads-AuthenticAMD.json"
     assert _same_kind(env, dict(env)) and not _same_kind({**env, "cpu": "GenuineIntel AVX2"}, env)
     assert not _same_kind(committed["table1_cosines"]["environment"], env)  # made before CPUs were recorded
+
+
+def test_a_path_on_a_map_says_how_much_of_the_update_the_plane_holds():
+    """The label gives the plane's share of ‖ΔW‖ to two digits (a real fine-tune's 3.5 % must not read as "100 %
+    off the plane"), and the map with paths renders with the legend beside it."""
+    import numpy as np
+
+    from landscape.plotting import path_label, plot_2d
+
+    pth = {"name": "SFT", "alpha": [0.0, 1e-4], "beta": [0.0, 2e-4], "residual": [0.0, 0.999396], "norm": [0.0, 1.0]}
+    assert path_label({**pth, "asr": 100.0}) == "SFT: ASR 100 % at the weights, 3.5 % of ‖ΔW‖ in the plane"
+    assert path_label({**pth, "residual": [0.0, 0.0]}) == "SFT: 100 % of ‖ΔW‖ in the plane"
+    assert path_label({**pth, "residual": [0.0, 1.0 - 5e-9]}) == "SFT: 0.01 % of ‖ΔW‖ in the plane"
+    a = b = np.linspace(-0.01, 0.01, 3)
+    fig = plot_2d(a, b, np.zeros((3, 3)), "d_aligned", "d_harm", 50.0, surface=False, paths=[pth])
+    assert [t.get_text() for t in fig.legends[0].get_texts()][1] == path_label(pth)
