@@ -189,7 +189,8 @@ def test_early_stopped_answers_keep_every_verdict_on_real_weights(real, user_cac
     outs = {}
     for flag in ("--no_early_stop", "--early_stop"):
         out = outs[flag] = tmp_path / flag.strip("-")
-        args = ["--aligned", str(real["aligned"]), "--base", str(real["base"]), "--harmful", str(real["harmful-10"]),
+        # d_harm's two sides only (no --base: d_aligned is skipped), to keep the real-model lane within its time
+        args = ["--aligned", str(real["aligned"]), "--harmful", str(real["harmful-10"]),
                 "--random", "0", "--prompts", str(real.eval_prompts_csv), "--judge", "refusal", "--bootstrap", "0",
                 "--first_step", "0.02", "--tol", "0.02", "--max_alpha", "0.06", "--limit", "12",
                 "--max_new_tokens", "16", "--no_progress", "--out", str(out), flag]  # fmt: skip
