@@ -588,17 +588,23 @@ def _compare_table7(old: dict, new: dict) -> list[str]:
 COMPARE = {"table1_cosines": _compare_table1, "table7_epl": _compare_table7}
 
 
-SPREAD_LEVEL = 0.999  # a new seed falls outside with probability 0.1 % (about 30 numbers are checked)
+SPREAD_LEVEL = 0.999  # a new seed falls outside with probability 0.1 % (21 numbers are checked)
 
 
-def _outside_spread(values: list[float], y: float, tol: float) -> tuple[float, float] | None:
+def _outside_spread(what: str, values: list[float], y: float, tol: float, fmt: str) -> str | None:
     """None when ``y`` could be one more seed of the committed ``values``: inside their 99.9 % prediction interval
-    (:func:`~landscape.metrics.prediction_interval`) widened by ``tol``; else that interval. One committed seed:
-    within ``tol`` of it."""
+    (:func:`~landscape.metrics.prediction_interval`) widened by ``tol`` (one committed seed: within ``tol`` of it);
+    else the problem, naming ``what`` and the interval (numbers written with ``fmt``)."""
     from .metrics import prediction_interval
 
     lo, hi = prediction_interval(values, SPREAD_LEVEL)
-    return None if lo - tol <= y <= hi + tol else (lo - tol, hi + tol)
+    lo, hi = lo - tol, hi + tol
+    if lo <= y <= hi:
+        return None
+    return (
+        f"{what} recomputed {y:{fmt}}, outside the {len(values)} committed seeds' 99.9 % prediction interval "
+        f"[{lo:{fmt}}, {hi:{fmt}}]"
+    )
 
 
 def _spread_table1(old: dict, new: dict) -> list[str]:
@@ -609,19 +615,14 @@ def _spread_table1(old: dict, new: dict) -> list[str]:
             vals = [
                 s["rows"][i]["cos"] for s in seeds if len(s["rows"]) > i and s["rows"][i]["samples"] == row["samples"]
             ]
+            what = f"table1_cosines: cos(d_aligned, d_harm N={row['samples']})"
             if not vals:
                 bad.append(f"table1_cosines: N={row['samples']} is not in the committed data")
-            elif (iv := _outside_spread(vals, row["cos"], COSINE_TOL)) is not None:
-                bad.append(
-                    f"table1_cosines: cos(d_aligned, d_harm N={row['samples']}) recomputed {row['cos']:+.6f}, outside "
-                    f"the {len(vals)} committed seeds' 99.9 % prediction interval [{iv[0]:+.6f}, {iv[1]:+.6f}]"
-                )
+            elif p := _outside_spread(what, vals, row["cos"], COSINE_TOL, "+.6f"):
+                bad.append(p)
         vals = [s["benign_cos"] for s in seeds]
-        if (iv := _outside_spread(vals, b["benign_cos"], COSINE_TOL)) is not None:
-            bad.append(
-                f"table1_cosines: cos(d_aligned, d_benign) recomputed {b['benign_cos']:+.6f}, outside the {len(vals)} "
-                f"committed seeds' 99.9 % prediction interval [{iv[0]:+.6f}, {iv[1]:+.6f}]"
-            )
+        if p := _outside_spread("table1_cosines: cos(d_aligned, d_benign)", vals, b["benign_cos"], COSINE_TOL, "+.6f"):
+            bad.append(p)
     return bad
 
 
@@ -635,14 +636,12 @@ def _spread_table7(old: dict, new: dict) -> list[str]:
             for judge, rows in judged.items():
                 for r in rows:
                     key = (r["direction"], r["side"])
+                    what = f"table7_epl: {model} {judge} {key[0]} {key[1]:+d}"
                     vals = [o["epl"] for s in seeds for o in s.get(judge, []) if (o["direction"], o["side"]) == key]
                     if not vals:
-                        bad.append(f"table7_epl: {model} {judge} {key[0]} {key[1]:+d} is not in the committed data")
-                    elif (iv := _outside_spread(vals, r["epl"], tol)) is not None:
-                        bad.append(
-                            f"table7_epl: {model} {judge} {key[0]} {key[1]:+d} recomputed {r['epl']:.4f}, outside the "
-                            f"{len(vals)} committed seeds' 99.9 % prediction interval [{iv[0]:.4f}, {iv[1]:.4f}]"
-                        )
+                        bad.append(f"{what} is not in the committed data")
+                    elif p := _outside_spread(what, vals, r["epl"], tol, ".4f"):
+                        bad.append(p)
     return bad
 
 
@@ -654,14 +653,18 @@ SPREAD = {"table1_cosines": _spread_table1, "table7_epl": _spread_table7}
 CHECK_DIR = "check"  # <out>/data/check/<machine>.json: the checked results as another kind of CPU computes them
 
 
+def _vendor(env: dict) -> str:
+    """The CPU vendor of ``env`` (``GenuineIntel``, ``AuthenticAMD``): what pinned results are kept per."""
+    return env["cpu"].split()[0] if env.get("cpu") else "unknown"
+
+
 def reference_file(out: str | Path, env: dict) -> Path:
     """Where the check reference for ``env`` (:func:`~landscape.results.environment`) lies: one per CPU vendor for
     pinned runs (:mod:`landscape.determinism`: the pins make a build the same under every dispatch setting tried on
     one machine, but an AMD and an Intel CPU still train different organisms), else one per kind of CPU and thread
     count."""
-    vendor = env["cpu"].split()[0] if env.get("cpu") else "unknown"
     key = (
-        f"pinned-{env['pinned']}-{vendor}"
+        f"pinned-{env['pinned']}-{_vendor(env)}"
         if env.get("pinned")
         else f"{env['machine']}-{env['cpu']}-{env['threads']}threads"
     )
@@ -715,7 +718,7 @@ def check(args: FigureArgs) -> tuple[list[str], str, list[Path]]:
             spread = spread or not exact
             problems += (COMPARE if exact else SPREAD)[name](committed, recomputed[name])
     whose = (
-        f"the pinned reference for {ref_file.stem.rsplit('-', 1)[-1]} CPUs (kernels pinned: {env['pinned']})"
+        f"the pinned reference for {_vendor(env)} CPUs (kernels pinned: {env['pinned']})"
         if env.get("pinned")
         else "this kind of CPU's reference"
     )
@@ -786,7 +789,7 @@ def run(args: FigureArgs) -> dict[str, list]:
     return written
 
 
-def _print(written: dict[str, list[Path]]) -> None:
+def _print(written: dict[str, list]) -> None:
     if "checked" in written:
         print("check passed: " + ", ".join(str(p) for p in written["checked"]) + f" reproduce ({written['basis'][0]})")
         return
