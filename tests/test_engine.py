@@ -112,7 +112,9 @@ def test_perturbation_sets_from_pristine_and_restores_bit_exact(organism):
         pert.set_((0.3, 0.0))
         pert.set_((0.7, -0.2))
         direct = w0 + 0.7 * d.get(name) - 0.2 * r.get(name)
-        torch.testing.assert_close(model.get_parameter(name).detach(), direct, rtol=0, atol=1e-6)
+        # bit for bit Peng et al.'s `w + alpha * d` (each term rounded, then added), not add_(d, alpha=c), whose
+        # fused multiply-add differs from it in ~1 % of the elements on vectorised CPUs
+        assert torch.equal(model.get_parameter(name).detach(), direct)
         pert.set_((1.0, 0.0))  # alpha = 1 along d reaches the harmful checkpoint
         harmful = load_model(organism["harmful-10"], with_tokenizer=False)
         torch.testing.assert_close(model.get_parameter(name), harmful.get_parameter(name), rtol=0, atol=1e-6)
