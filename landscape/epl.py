@@ -72,7 +72,7 @@ class EplArgs(ModelArgs, OrganismArgs, PromptArgs, JudgeArgs, GenerationArgs):
     )
     bootstrap: int = field(default=1000, metadata={"help": "prompt resamples for the EPL's CI (0: none)"})
     sequential_chunk: int = field(
-        default=32,
+        default=16,
         metadata={"help": "answer a point's prompts in chunks of N and stop once they decide its side (0: all)"},
     )
     proxy: bool = field(

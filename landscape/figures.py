@@ -22,6 +22,7 @@ import numpy as np
 from .io import atomic_savefig, read_json
 
 THRESHOLD = 50.0
+FIGURE_CHUNK = 32  # sequential chunk of the figures' EPL searches (see Context.epl_settings)
 PROVIDER_GROUP = "safety_landscape.figures"
 
 
@@ -133,9 +134,12 @@ class Context:
         """The EPL search of the figures; quick (tests) walks coarser (10 points a censored side instead of 50)."""
         from .search import EplSettings
 
+        # chunks of 32, as the committed tables and their pinned references were computed (the search's default
+        # became 16 later): a chunk decides which prompts a sequential point answers, so it moves the numbers
+        common = dict(bootstrap=bootstrap, seed=self.args.seed, sequential_chunk=FIGURE_CHUNK)
         if self.args.quick:
-            return EplSettings(bootstrap=bootstrap, first_step=0.05, max_alpha=0.5, seed=self.args.seed)
-        return EplSettings(bootstrap=bootstrap, seed=self.args.seed)
+            return EplSettings(first_step=0.05, max_alpha=0.5, **common)
+        return EplSettings(**common)
 
     def scan_dir(self, name: str) -> Path:
         return Path(self.args.out) / ".scans" / f"{name}-{self.preset}"

@@ -52,9 +52,13 @@ class EplSettings:
         seed: seed of the bootstrap.
         sequential_chunk: answer each point's prompts in chunks of this many and stop once the answers so far
             decide its side of τ (Wilson interval; :func:`~landscape.metrics.sequential_decision`); 0 answers
-            every prompt at every point (exact). 32, not 16: a chunk is one ``generate`` call, and near an edge,
-            where a proxy-bracketed search spends its generation, chunks of 16 took longer than chunks of 32 for
-            fewer tokens (organism v3 small, 80 prompts: 11.0 s vs 9.8 s, 27.7 k vs 32.2 k tokens).
+            every prompt at every point (exact). 16: the smallest chunk whose one look decides a clear point (0–2
+            unsafe of 16 read safe at τ = 50 % with 80 prompts), and a chunk is one ``generate`` call that runs
+            until its last answer stops, so on real weights, where most points are clear and the prompt pass is
+            paid at each, 16 halves the cost of a point: SmolLM2 (smollm2-tiny), 8 points of random-0 and d_harm,
+            early stopping on: 16.2 s and 1.4 k tokens against 29.5 s and 2.7 k for 32 (8: 18.1 s; its unsafe points
+            need two looks). On the synthetic organism near a proxy-bracketed edge 32 was a little faster (v3 small,
+            80 prompts: 9.8 s vs 11.0 s); its figures keep 32 (:mod:`landscape.figures`).
         proxy: bracket each crossing with the teacher-forced :class:`RefusalProxy` and generate only to confirm
             and refine it (Hugging Face backend; the reported EPL is always the generation-based one).
         proxy_by_cost: use the proxy only where it is cheap on the model at hand: one reading is timed at the
@@ -74,7 +78,7 @@ class EplSettings:
     rel_tol: float = 0.0
     bootstrap: int = 1000
     seed: int = 0
-    sequential_chunk: int = 32
+    sequential_chunk: int = 16
     proxy: bool = True
     proxy_by_cost: bool = False
     allow_unsafe_center: bool = False
