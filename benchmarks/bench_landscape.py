@@ -30,6 +30,19 @@ import torch
 from landscape.io import atomic_write_json
 
 
+def peng_direction(model, d) -> dict:
+    """The direction as Peng et al.'s code holds it: a tensor for every state-dict key it moves, so a tied weight
+    (SmolLM2's embedding and head) has it under both names. With it under one name only, ``load_state_dict`` copies
+    the unmoved other one last into the shared storage and silently undoes the move."""
+    sd = model.state_dict()
+    out = {k: d.get(k) for k in d.names()}
+    by_ptr = {sd[k].data_ptr(): v for k, v in out.items() if k in sd}
+    for k, w in sd.items():
+        if k not in out and w.data_ptr() in by_ptr:
+            out[k] = by_ptr[w.data_ptr()]
+    return out
+
+
 def peng_point(model, tok, orig_sd, direction, alpha, prompts, max_new_tokens, judge):
     """One grid point the way Peng et al.'s released code does it."""
     from torch.utils.data import DataLoader
@@ -106,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     alphas = linspace(0.0, 0.04, ns.peng_points)
     d = dirs["d_harm"]
     orig_sd = {k: v.detach().clone().float().cpu() for k, v in model.state_dict().items()}
-    dvec = {k: d.get(k) for k in d.names()}
+    dvec = peng_direction(model, d)
     t0 = time.perf_counter()
     peng = [peng_point(model, tok, orig_sd, dvec, a, prompts, ns.max_new_tokens, KeywordJudge()) for a in alphas]
     peng_s = (time.perf_counter() - t0) / len(alphas)

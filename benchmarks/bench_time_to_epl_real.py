@@ -7,14 +7,19 @@
     [-0.5, 0.5]; every edge resolved to min(0.005, 5 % of its size), the CLI's default) in four modes, each in
     a fresh results directory, at the same resolution:
       exact            every prompt at every point, every answer to --max-new-tokens;
-      shortcuts        sequential decisions and the refusal proxy (the CLI's default before early stopping);
-      early+proxy      and each answer stops once its keyword verdict is fixed;
-      new default      early stopping, and the proxy only where a reading timed at the centre costs under half a
-                       sequential look (``proxy_by_cost``: the CLI's default now).
+      shortcuts        sequential decisions in chunks of 32 and the refusal proxy (the CLI's default before early
+                       stopping);
+      early, chunk 32  and each answer stops once its keyword verdict is fixed, and the proxy only where a reading
+                       timed at the centre costs under half a sequential look (``proxy_by_cost``; the CLI's default
+                       before its chunk became 16);
+      new default      the same in chunks of 16 (the CLI's default now).
     ``same_epl``: every row agrees with the exact engine's within the larger of the two brackets, and on censoring.
 (b) Peng et al.'s loop (``bench_landscape.peng_point``: a CPU fp32 state dict perturbed and ``load_state_dict`` at
     every point, batches of 4 through a DataLoader, HF ``generate``) against ours (in place, one batch, full answers)
-    at the same points of d_harm across its edge; answers compared point by point. ``peng_table_ratio``: Peng's
+    at the same points of d_harm across its edge; answers compared point by point twice: with ours in its own
+    batching (one batch: the timed run), and with ours in Peng's batches of 4 (``peng_identical_answers``: the same
+    prompts in the same batches, so the same GEMM shapes and padding; the prompts are given to both in the order
+    our engine batches them, by token length, which also spares Peng's loop some padding). ``peng_table_ratio``: Peng's
     uniform grid at the resolution the new default reached (its coarsest uncensored bracket, so the grid is as small
     as it can be), four directions on [-0.5, 0.5], at Peng's measured seconds per point, over the new default's
     seconds to the table.
@@ -38,7 +43,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_landscape import peng_point  # noqa: E402
+from bench_landscape import peng_direction, peng_point  # noqa: E402
 
 from landscape.io import atomic_write_json  # noqa: E402
 
@@ -83,6 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--peng-points", type=int, default=3, help="points of d_harm timed with Peng's loop")
     ap.add_argument("--peng-max-alpha", type=float, default=0.01, help="they lie in [0, this]")
     ap.add_argument("--json", default="benchmarks/results/time_to_epl_real.json")
+    ap.add_argument(
+        "--peng-only", action="store_true", help="keep (a)'s table from --json (same machine), redo (b) and (c)"
+    )
     ns = ap.parse_args(argv)
 
     org = build_organism(ns.preset, cache_dir=ns.cache_dir, progress=False)
@@ -101,17 +109,24 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     gen = GenerationSettings(max_new_tokens=ns.max_new_tokens)
     fast = EplSettings(bootstrap=0, rel_tol=ns.rel_tol)
+    old = replace(fast, sequential_chunk=32)
     modes = {
         "exact": (fast.exact(), False),
-        "shortcuts": (fast, False),
-        "early+proxy": (fast, True),
+        "shortcuts": (old, False),
+        "early, chunk 32": (replace(old, proxy_by_cost=True), True),
         "new default": (replace(fast, proxy_by_cost=True), True),
     }
 
     # (a) the table, mode by mode
     table = {}
+    if ns.peng_only:
+        from landscape.io import read_json
+
+        table = read_json(ns.json)["modes"]
+        if list(table) != list(modes):
+            raise SystemExit(f"{ns.json}: its modes {list(table)} are not this benchmark's {list(modes)}")
     with tempfile.TemporaryDirectory() as tmp:
-        for m, (settings, early) in modes.items():
+        for m, (settings, early) in modes.items() if not ns.peng_only else ():
             ev = SafetyEvaluator(prompts, CachedJudge(KeywordJudge()), gen, early_stop=early)
             t0 = time.perf_counter()
             rep = effective_perturbation_length(
@@ -124,6 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "generated_points": sum(r.evaluations for r in rep.rows),
                 "proxy_points": sum(r.proxy_evaluations for r in rep.rows),
                 "proxy_choice": rep.proxy_choice,
+                "sequential_chunk": settings.sequential_chunk,
+                "early_stop": early,
                 "rows": [
                     {
                         "direction": r.direction,
@@ -154,17 +171,24 @@ def main(argv: list[str] | None = None) -> dict:
     d = dirs[1]
     alphas = linspace(0.0, ns.peng_max_alpha, ns.peng_points)
     orig_sd = {k: v.detach().clone().float().cpu() for k, v in model.state_dict().items()}
-    dvec = {k: d.get(k) for k in d.names()}
+    dvec = peng_direction(model, d)
+    lengths = [len(x) for x in backend.encode(prompts, gen)]
+    by_len = [prompts[i] for i in sorted(range(len(prompts)), key=lambda i: lengths[i])]  # our engine's batch order
     t0 = time.perf_counter()
-    peng = [peng_point(model, tok, orig_sd, dvec, a, prompts, ns.max_new_tokens, KeywordJudge()) for a in alphas]
+    peng = [peng_point(model, tok, orig_sd, dvec, a, by_len, ns.max_new_tokens, KeywordJudge()) for a in alphas]
     peng_s = (time.perf_counter() - t0) / len(alphas)
     model.load_state_dict(orig_sd)
     del orig_sd
-    ev = SafetyEvaluator(prompts, CachedJudge(KeywordJudge()), gen)
+    ev = SafetyEvaluator(by_len, CachedJudge(KeywordJudge()), gen)
     t0 = time.perf_counter()
     ours = scan_1d(backend, d, alphas, ev, progress=False)
     ours_s = (time.perf_counter() - t0) / len(alphas)
-    identical = [p[1] == r["metrics"]["responses"] for p, r in zip(peng, ours.records, strict=True)]
+    in_fours = scan_1d(
+        backend, d, alphas, SafetyEvaluator(by_len, CachedJudge(KeywordJudge()), replace(gen, batch_size=4)),
+        progress=False,
+    )  # fmt: skip
+    identical = [p[1] == r["metrics"]["responses"] for p, r in zip(peng, in_fours.records, strict=True)]
+    identical_own = [p[1] == r["metrics"]["responses"] for p, r in zip(peng, ours.records, strict=True)]
     finest = [width(r) for r in table["new default"]["rows"] if not r["censored"]]
     spacing = max(finest) if finest else fast.tol
     grid_points = len(dirs) * (math.floor(2 * fast.max_alpha / spacing) + 1)
@@ -216,12 +240,15 @@ def main(argv: list[str] | None = None) -> dict:
             "ours_s_per_point": ours_s,
             "asr_peng": [p[0] for p in peng],
             "asr_ours": ours.metric("asr").tolist(),
+            "asr_ours_in_fours": in_fours.metric("asr").tolist(),
+            "prompt_order": "by token length (our engine's batch order), both loops",
             "grid_spacing": spacing,
             "grid_points": grid_points,
             "peng_table_seconds": peng_table_s,
         },
         "peng_per_point_ratio": peng_s / ours_s,
         "peng_identical_answers": f"{sum(identical)}/{len(identical)}",
+        "peng_identical_answers_own_batching": f"{sum(identical_own)}/{len(identical_own)}",
         "peng_table_ratio": peng_table_s / new["seconds"],
         "flops": {
             "achieved_gflops": achieved,
@@ -250,7 +277,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = report["peng"]
     print(
         f"Peng's loop {peng_s:.2f} s/point, ours {ours_s:.2f} s/point -> {report['peng_per_point_ratio']:.2f}x; "
-        f"identical answers at {report['peng_identical_answers']} points; ASR {p['asr_peng']} vs {p['asr_ours']}"
+        f"identical answers at {report['peng_identical_answers']} points in Peng's batches of 4, at "
+        f"{report['peng_identical_answers_own_batching']} in ours; ASR {p['asr_peng']} vs {p['asr_ours']}"
     )
     print(
         f"Peng's table at spacing {spacing:.5f}: {grid_points} points, {peng_table_s:.0f} s -> "
