@@ -30,6 +30,7 @@ import numpy as np
 from landscape.figures import Context
 from landscape.io import atomic_savefig, atomic_write_json, read_json
 
+from .positive_control import compute_positive_control, render_positive_control
 from .trajectory_figure import compute_trajectories, render_trajectories
 
 N_TASK = 200
@@ -453,4 +454,5 @@ FIGURES = {  # found by ``python -m landscape.figures`` through the safety_lands
     # SFT's front and each regulariser at its mildest setting beside its control
     "fig_pareto_p0.3": (lambda ctx: compute_pareto(ctx, 0.3, P03_FAMILIES), render_pareto),
     "fig_trajectories": (compute_trajectories, render_trajectories),  # asft.trajectory_figure
+    "fig_positive_control": (compute_positive_control, render_positive_control),  # asft.positive_control
 }

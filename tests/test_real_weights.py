@@ -211,3 +211,31 @@ def test_early_stopped_answers_keep_every_verdict_on_real_weights(real, user_cac
     ]
     assert res["--early_stop"]["generated_tokens"] < res["--no_early_stop"]["generated_tokens"]
     assert any("stopped" in m for m in stop.values())
+
+
+def test_positive_control_runs_resume_and_anchor_on_a_clean_task_update(real, tmp_path, monkeypatch):
+    """AsFT's positive control (asft.positive_control), smoke-sized: V_task is a clean task fine-tune's update on
+    the LoRA modules only, every family is scored by both HS readings and FA, and a second call trains nothing."""
+    import asft.finetune
+    from asft.positive_control import FAMILIES, positive_control, render_positive_control
+    from landscape.directions import load_direction
+
+    data = positive_control(real, tmp_path, quick=True)
+    assert set(data["curves"]) == set(FAMILIES) - {"AsFT reference (d_aligned)"} and data["seeds"] == [0]
+    for fam, rows in data["curves"].items():
+        for r in rows:
+            for col in ("hs_keyword", "hs_coherent", "fa"):
+                assert 0.0 <= r[col] <= 100.0, (fam, r)
+            assert r["hs_coherent"] <= r["hs_keyword"], (fam, r)  # coherent harm is keyword harm and coherent
+    assert data["aligned"]["hs_keyword"] <= 50.0  # the aligned stage refuses most requests
+    (anchor,) = (tmp_path / ".scans" / f"positive-{real.root.name}").glob("v_task-*")
+    d = load_direction(anchor)
+    assert d.names() and all(n.endswith(("q_proj.weight", "v_proj.weight")) for n in d.names() if d.get(n).any())
+    cos = json.loads((anchor / "cosines.json").read_text())
+    assert cos["clean_seed"] == 1000 and all(-1.0 <= c <= 1.0 for c in cos["cos_q_v_proj"].values())
+    # resumable: every run and the anchor come back from the cache
+    monkeypatch.setattr(asft.finetune, "fine_tune", lambda cfg: pytest.fail("trained again"))
+    again = positive_control(real, tmp_path, quick=True)
+    assert again["curves"] == data["curves"]
+    (png,) = render_positive_control(data, tmp_path, html=False)
+    assert png.read_bytes()[:4] == b"\x89PNG"
