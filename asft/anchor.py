@@ -6,8 +6,10 @@ d_harm and random directions, and the cosine table). :func:`verify_report` defin
 
 1. the report has EPL rows for ``d_aligned`` and ``d_harm``;
 2. d_harm's nearer edge was found (not censored) and is > 0;
-3. the basin is narrow along d_harm: min(EPL d_aligned) / min(EPL d_harm) ≥ ``min_ratio`` (default 3; the
-   paper reports 13–67× on 7–9B models, the organism 7–12×);
+3. the basin is narrow along d_harm: min(EPL d_aligned) / min(EPL d_harm) ≥ ``min_ratio``. The default, 13, is
+   the smallest ratio at which AsFT's benefit has been reported (the paper: 13, 44 and 67× on Llama-2, Qwen-2 and
+   Gemma-2). Every anchor measured in ``figures/README.md`` lies below it (2.0–3.2 on the synthetic organism,
+   2.6 and 5.0 on SmolLM2), and at those ratios AsFT did no better than a plain L2 penalty;
 4. the report measured the same checkpoints: the content hashes of the base and aligned checkpoints in
    the report's d_aligned metadata equal the anchor's (when both have them).
 
@@ -25,7 +27,7 @@ from pathlib import Path
 from .regularizer import ModuleAnchor, make_module_anchor
 
 log = logging.getLogger(__name__)
-DEFAULT_MIN_RATIO = 3.0
+DEFAULT_MIN_RATIO = 13.0  # see the module doc and figures/README.md (AsFT's gate, on evidence)
 
 
 class AnchorError(ValueError):
@@ -160,6 +162,12 @@ def verify_report(
             if ratio < min_ratio:
                 reasons.append(
                     f"EPL ratio d_aligned/d_harm = {ratio:.2f} < {min_ratio:g}: the basin is not narrow along d_harm"
+                    + (
+                        " (AsFT's benefit has been reported at ratios of 13-67; at the 2.0-5.0 measured on this "
+                        "toolkit's organisms it did no better than a plain L2 penalty: figures/README.md)"
+                        if min_ratio == DEFAULT_MIN_RATIO
+                        else ""
+                    )
                 )
     mine = anchor.hashes()
     for role, which in (("start", "base"), ("end", "aligned")):

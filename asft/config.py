@@ -62,7 +62,11 @@ class AsftConfig(TrainingArguments):
         default=None, metadata={"help": "verification report: results.json of python -m landscape.epl"}
     )
     anchor_min_ratio: float = field(
-        default=3.0, metadata={"help": "EPL ratio d_aligned / d_harm the report must show"}
+        default=13.0,
+        metadata={
+            "help": "EPL ratio d_aligned / d_harm the report must show (13: the smallest at which AsFT's benefit "
+            "was reported; see figures/README.md)"
+        },
     )
     allow_unverified_anchor: bool = field(
         default=False,
