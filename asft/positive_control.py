@@ -82,7 +82,8 @@ def _config(org, data: Path, out: Path, seed: int, quick: bool, progress: bool, 
     return AsftConfig(
         aligned=str(org["aligned"]), base=str(org["base"]), data=str(data), output_dir=str(out), seed=seed,
         learning_rate=LR, num_train_epochs=EPOCHS, max_steps=QUICK["max_steps"] if quick else -1,
-        allow_unverified_anchor=True, use_cpu=True, report_to="none", disable_tqdm=not progress, **overrides,
+        allow_unverified_anchor=True, use_cpu=True, report_to="none", disable_tqdm=not progress, trajectory_steps=0,
+        **overrides,
     )  # fmt: skip
 
 
