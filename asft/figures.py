@@ -31,6 +31,8 @@ from landscape.figures import Context
 from landscape.io import atomic_savefig, atomic_write_json, read_json
 
 from .positive_control import compute_positive_control, render_positive_control
+from .scoring import ci95 as _ci
+from .scoring import hs_at_fa
 from .trajectory_figure import compute_trajectories, render_trajectories
 
 N_TASK = 200
@@ -348,21 +350,6 @@ P03_FAMILIES = {
 }
 MATCHED_FA = (20.0, 25.0, 30.0, 35.0)  # where the regularised sweeps and their controls overlapped on organism v2
 MATCHED_FA_BY_P = {0.1: (60.0, 70.0, 80.0, 85.0), 0.3: (60.0, 70.0, 80.0, 85.0)}  # organism v3: FA stays high
-
-
-def _ci(x: np.ndarray) -> tuple[float, float]:
-    from landscape.metrics import mean_ci
-
-    return mean_ci(x)[1:]
-
-
-def hs_at_fa(points: list[tuple[float, float]], fa: float) -> float | None:
-    """HS at a given FA along one sweep (linear between the sweep's points sorted by FA; None outside)."""
-    pts = sorted(points)
-    for (f0, h0), (f1, h1) in zip(pts, pts[1:], strict=False):
-        if f0 <= fa <= f1:
-            return h0 if f1 == f0 else h0 + (fa - f0) * (h1 - h0) / (f1 - f0)
-    return None
 
 
 def compute_pareto(ctx: Context, p: float = P, families: dict | None = None) -> dict:

@@ -195,7 +195,7 @@ def one_run(org, scorer: Scorer, overrides: dict, seed: int, cache: Path, quick:
 def hs_at_matched_fa(sweeps: dict[int, list[tuple[float, float]]], fa: float) -> list[float]:
     """Per seed, HS interpolated at ``fa`` along that seed's sweep ((FA, HS) points); seeds whose sweep does not
     reach ``fa`` are left out."""
-    from .figures import hs_at_fa
+    from .scoring import hs_at_fa
 
     return [v for v in (hs_at_fa(pts, fa) for pts in sweeps.values()) if v is not None]
 
@@ -215,7 +215,7 @@ def compute_positive_control(ctx) -> dict:
 def positive_control(org, out: Path, quick: bool = False, progress: bool = False) -> dict:
     """Every family's runs on ``org``, their means with 95 % t-intervals over seeds, and HS at matched FA per seed
     (the positive control against L2). ``quick``: one seed, 4 steps, few prompts, no AsFT reference family."""
-    from .figures import _ci
+    from .scoring import ci95 as _ci
 
     cache = out / ".scans" / f"positive-{org.root.name}"
     seeds = SEEDS[:1] if quick else SEEDS

@@ -100,3 +100,19 @@ def load_trained(path: str | Path, base: str | None = None, device: str = "cpu",
         tok_dir = p if any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")) else base
         return model, load_tokenizer(tok_dir)
     return load_model(p, dtype=dtype, device=device)
+
+
+def ci95(x) -> tuple[float, float]:
+    """95 % t-interval of the mean of ``x`` (over seeds)."""
+    from landscape.metrics import mean_ci
+
+    return mean_ci(x)[1:]
+
+
+def hs_at_fa(points: list[tuple[float, float]], fa: float) -> float | None:
+    """HS at a given FA along one sweep (linear between the sweep's points sorted by FA; None outside)."""
+    pts = sorted(points)
+    for (f0, h0), (f1, h1) in zip(pts, pts[1:], strict=False):
+        if f0 <= fa <= f1:
+            return h0 if f1 == f0 else h0 + (fa - f0) * (h1 - h0) / (f1 - f0)
+    return None
